@@ -1,0 +1,5 @@
+"""python -m relaymeter"""
+
+from relaymeter.cli import main
+
+main()

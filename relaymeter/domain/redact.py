@@ -1,0 +1,101 @@
+"""Redaction of secrets in payloads before they are stored, and masking for display."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+REDACTED = "[redacted]"
+_SECRET_KEYS = {
+    "api_key",
+    "apikey",
+    "authorization",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token",
+    "cookie",
+    "set_cookie",
+    "x_api_key",
+    "proxy_authorization",
+}
+_SECRET_TEXT = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|\bsk-ant-[A-Za-z0-9_-]{6,}"
+    r"|\bsk-[A-Za-z0-9_-]{6,}"
+    r"|\bAIza[0-9A-Za-z_-]{10,}"
+    r"|\bgh[pousr]_[A-Za-z0-9]{10,}"
+)
+
+
+def sha256_hex(value: str) -> str:
+    """Lowercase hex SHA-256 of the whitespace-trimmed string; "" for an empty one."""
+    value = value.strip()
+    if not value:
+        return ""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def is_secret_key(key: str) -> bool:
+    norm = key.lower().replace("-", "_")
+    return norm in _SECRET_KEYS or "secret" in norm or "password" in norm
+
+
+def redact_text(text: str) -> str:
+    """Mask bearer tokens and provider key shapes inside free text (e.g. error bodies)."""
+
+    def _sub(match: re.Match[str]) -> str:
+        if match.group(1):
+            return match.group(1) + REDACTED
+        return REDACTED
+
+    return _SECRET_TEXT.sub(_sub, text)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON value with secret-named keys replaced and secrets in strings masked."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            skey = str(key)
+            if is_secret_key(skey) and item not in (None, "", [], {}):
+                out[skey] = REDACTED
+            else:
+                out[skey] = redact(item)
+        return out
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
+def looks_secret(value: str) -> bool:
+    v = value.strip()
+    if v.startswith(("sk-", "AIza")):
+        return True
+    return len(v) >= 32 and " " not in v and "/" not in v
+
+
+def mask_source(value: str) -> str:
+    """Display form of an upstream identity: emails partly shown, secrets reduced to ends."""
+    v = value.strip()
+    if not v:
+        return ""
+    if "@" in v and not looks_secret(v):
+        local, _, domain = v.partition("@")
+        return f"{local[:3]}***@{domain}"
+    if looks_secret(v):
+        if len(v) <= 8:
+            return "m:****"
+        return f"m:{v[:4]}...{v[-4:]}"
+    return v
+
+
+def mask_key(value: str) -> str:
+    """Display prefix for a client API key: enough to recognise it, never enough to use it."""
+    v = value.strip()
+    if len(v) <= 8:
+        return "****"
+    return f"{v[:6]}...{v[-4:]}"

@@ -1,0 +1,259 @@
+"""The single write path: an async queue drained in batches into store.events.insert_batch.
+
+Producers on the request hot path call ``submit`` (never waits). Bulk producers (collector,
+import) call ``write`` and await how many of their events were new. A failing batch is
+retried with backoff; when it keeps failing it is split to find the records that can never
+be stored, which go to dead letters. ``close`` flushes everything still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from relaymeter.domain.events import UsageEvent, to_export_record
+from relaymeter.store import events as store_events
+from relaymeter.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class EventPricer(Protocol):
+    """Sets cost_micros / price_missing on events before they are stored (in memory, no I/O)."""
+
+    def apply(self, events: Sequence[UsageEvent]) -> None: ...
+
+
+@dataclass(slots=True)
+class _Item:
+    event: UsageEvent
+    future: asyncio.Future[bool] | None = None
+
+
+@dataclass
+class WriterStats:
+    queued: int = 0
+    written: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_flush_ms: int | None = None
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+class UsageWriter:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_size: int = 1000,
+        linger_ms: int = 50,
+        max_retries: int = 5,
+        retry_base_s: float = 0.2,
+        pricer: EventPricer | None = None,
+        high_water: int = 200_000,
+    ) -> None:
+        self.db = db
+        self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000
+        self.max_retries = max_retries
+        self.retry_base_s = retry_base_s
+        self.pricer = pricer
+        self.high_water = high_water
+        self.stats = WriterStats()
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.listeners: list[asyncio.Queue[UsageEvent]] = []
+
+    # -- producers -------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def submit(self, event: UsageEvent) -> None:
+        """Queue one event without waiting (hot path)."""
+        if self._closing and self._task is None:
+            raise RuntimeError("usage writer is closed")
+        self._queue.append(_Item(event))
+        self._signal()
+
+    async def write(self, events: Sequence[UsageEvent]) -> list[bool]:
+        """Queue events (waiting while the queue is over its high-water mark) and await their fate.
+
+        Returns one flag per event: True when it was new, False when a duplicate. Raises when
+        the events could not be stored (they were dead-lettered).
+        """
+        if not events:
+            return []
+        while len(self._queue) >= self.high_water and not self._closing:
+            self._room.clear()
+            await self._room.wait()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for ev in events:
+            fut: asyncio.Future[bool] = loop.create_future()
+            self._queue.append(_Item(ev, fut))
+            futures.append(fut)
+        self._signal()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        out: list[bool] = []
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+            out.append(bool(res))
+        return out
+
+    def _signal(self) -> None:
+        self.stats.queued = len(self._queue)
+        self._drained.clear()
+        self._wakeup.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written (or dead-lettered)."""
+        if not self._queue:
+            return
+        self._wakeup.set()
+        await self._drained.wait()
+
+    async def close(self) -> None:
+        """Stop accepting waits, write everything queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._queue:  # never started or stopped early: write what is left inline
+            await self._drain_all()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    self._drained.set()
+                    self._room.set()
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                if len(self._queue) < self.batch_size and self.linger_s > 0 and not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._until_full(), self.linger_s)
+                await self._write_one_batch()
+        except asyncio.CancelledError:
+            await self._drain_all()
+            raise
+
+    async def _until_full(self) -> None:
+        while len(self._queue) < self.batch_size and not self._closing:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _drain_all(self) -> None:
+        while self._queue:
+            await self._write_one_batch()
+        self._drained.set()
+        self._room.set()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _write_one_batch(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        self.stats.queued = len(self._queue)
+        if len(self._queue) < self.high_water:
+            self._room.set()
+        started = time.perf_counter()
+        await self._store(batch)
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.last_flush_ms = time.time_ns() // 1_000_000
+        self.stats.batch_seconds = [*self.stats.batch_seconds[-99:], elapsed]
+
+    async def _store(self, batch: list[_Item]) -> None:
+        events = [item.event for item in batch]
+        if self.pricer is not None:
+            try:
+                self.pricer.apply(events)
+            except Exception as exc:  # pricing must never lose an event
+                log.exception("pricing failed; storing events unpriced")
+                self.stats.last_error = f"pricing: {exc}"
+        delay = self.retry_base_s
+        for attempt in range(self.max_retries + 1):
+            try:
+                result = await store_events.insert_batch(self.db, events)
+            except Exception as exc:
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                if attempt < self.max_retries and not _is_data_error(exc):
+                    self.stats.retries += 1
+                    log.warning("writer batch failed (attempt %d): %s", attempt + 1, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                await self._split_or_dead_letter(batch, exc)
+                return
+            self._resolve(batch, result.inserted)
+            return
+
+    async def _split_or_dead_letter(self, batch: list[_Item], exc: BaseException) -> None:
+        if len(batch) > 1:
+            mid = len(batch) // 2
+            await self._store(batch[:mid])
+            await self._store(batch[mid:])
+            return
+        item = batch[0]
+        reason = f"store failed: {type(exc).__name__}: {exc}"[:1000]
+        raw = orjson.dumps(to_export_record(item.event), default=str).decode()
+        try:
+            await store_events.add_dead_letters(self.db, item.event.source or "writer", [(reason, raw)])
+            self.stats.dead_lettered += 1
+        except Exception:
+            log.exception("could not dead-letter event %s", item.event.event_hash)
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(RuntimeError(reason))
+
+    def _resolve(self, batch: list[_Item], inserted: list[bool]) -> None:
+        for item, new in zip(batch, inserted, strict=True):
+            if new:
+                self.stats.written += 1
+                for listener in self.listeners:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        listener.put_nowait(item.event)
+            else:
+                self.stats.duplicates += 1
+            if item.future is not None and not item.future.done():
+                item.future.set_result(new)
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Errors that retrying the same data cannot fix (integrity, overflow, bad values)."""
+    name = type(exc).__name__
+    text = str(exc).lower()
+    return name in ("IntegrityError", "DataError", "StatementError", "OverflowError", "ValueError") or (
+        "out of range" in text or "too large" in text
+    )

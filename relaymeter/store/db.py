@@ -1,0 +1,101 @@
+"""Database handle: async engine for SQLite (pragmas on every connection) or PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=15000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA cache_size=-65536",
+)
+
+
+class Database:
+    """One engine per process plus small caches the write path keeps (dimension ids)."""
+
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 10, pg_schema: str | None = None
+    ) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()  # 'sqlite' | 'postgresql'
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if database in ("", ":memory:"):
+                kwargs["poolclass"] = NullPool
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            if pg_schema:  # isolates tests (and tenants) in their own schema
+                kwargs["connect_args"] = {"server_settings": {"search_path": pg_schema}}
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_on_begin)
+        # (origin, external_id) -> accounts.id and key_hash -> api_keys.id, filled after commit.
+        self.account_ids: dict[tuple[str, str], int] = {}
+        self.api_key_ids: dict[str, int] = {}
+        # last_used_ms written per row, so the write path updates it at most once a second.
+        self.account_last_used: dict[int, int] = {}
+        self.api_key_last_used: dict[int, int] = {}
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def begin(self) -> Any:
+        """``async with db.begin() as conn``: one write transaction, committed on success.
+
+        On SQLite it starts with BEGIN IMMEDIATE, so reads inside it see the latest data and
+        no other writer can commit between them and the writes.
+        """
+        return self.engine.begin()
+
+    def connect(self) -> Any:
+        return self.engine.connect()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        from sqlalchemy import text
+
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from pysqlite so BEGIN is emitted by _sqlite_on_begin.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+AsyncConn = AsyncConnection
