@@ -56,13 +56,35 @@ class Settings(BaseSettings):
     quota_refresh_interval_s: int = Field(300, ge=10)
     quota_force_cooldown_s: int = Field(300, ge=0)
     quota_max_parallel: int = Field(4, ge=1, le=64)
+    pricing_sync_url: str = Field(
+        "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json",
+        description="LiteLLM price catalogue fetched by `relaymeter prices sync`",
+    )
 
     upstream_timeout_s: float = Field(600.0, gt=0)
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    redis_prefix: str = Field("relaymeter", min_length=1, description="key prefix of shared counters in Redis")
+    gateway_enabled: bool = Field(True, description="serve /v1/* relay routes")
+    gateway_http_client: Literal["aiohttp", "httpx"] = Field("aiohttp", description="upstream HTTP client")
+    gateway_max_attempts: int = Field(3, ge=1, le=10, description="accounts tried per request (failover)")
+    gateway_sticky_ttl_s: int = Field(3600, ge=0, description="how long a session sticks to its account")
+    gateway_reload_interval_s: float = Field(5.0, ge=0.5, description="poll for account/key changes")
+    gateway_lease_ttl_s: int = Field(60, ge=5, description="expiry of a Redis concurrency slot (renewed)")
 
     metrics_token: SecretStr | None = Field(None, description="bearer token for /metrics (open when unset)")
     cors_origins: list[str] = Field(default_factory=list)
     cpa_panel_url: str | None = Field(None, description="CPA base URL that /v0/management/* proxies to")
+    cpa_panel_key: SecretStr | None = Field(
+        None,
+        description="management key CPA's panel must send to /v0/management/* "
+        "(default: the key of the CPA connection at cpa_panel_url)",
+    )
+    cpa_panel_cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"], description="origins allowed to call /v0/management/* from a browser"
+    )
+    cpa_panel_detail_limit: int = Field(
+        50_000, ge=1, le=1_000_000, description="newest events in the CPA panel's usage payload"
+    )
 
     @field_validator("timezone")
     @classmethod

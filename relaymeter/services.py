@@ -29,6 +29,28 @@ ServiceFactory = Callable[[AppState], "Service | None"]
 def service_factories() -> list[ServiceFactory]:
     """Factories of the services ``relaymeter serve`` runs; features add theirs here."""
     factories: list[ServiceFactory] = []
+    # Runtime settings first: every later service sees the admin's stored options.
+    from relaymeter.runtime_settings import runtime_settings_service
+
+    factories.append(runtime_settings_service)
+    from relaymeter.api.metrics import metrics_service
+
+    factories.append(metrics_service)
+    from relaymeter.pricing.service import pricing_service
+
+    factories.append(pricing_service)
+    from relaymeter.gateway.service import factory as gateway_service
+
+    factories.append(gateway_service)
+    from relaymeter.retention import retention_service
+
+    factories.append(retention_service)
+    from relaymeter.api.cpa_panel import cpa_panel_service
+
+    factories.append(cpa_panel_service)
+    from relaymeter.ingest.cliproxy.service import collector_factory
+
+    factories.append(collector_factory)
     return factories
 
 

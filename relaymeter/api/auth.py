@@ -52,6 +52,7 @@ class LoginThrottle:
 
 
 _throttle = LoginThrottle()
+_sleep = asyncio.sleep  # indirection so tests can observe the slow-down without waiting
 # session token -> time it was last confirmed against the store (avoids a DB read per call)
 _session_cache: dict[str, float] = {}
 _SESSION_CACHE_S = 30.0
@@ -137,7 +138,7 @@ async def login(body: LoginBody, request: Request, response: Response) -> AuthSt
             f"too many failed logins; try again in {locked} s",
             headers={"Retry-After": str(locked)},
         )
-    await asyncio.sleep(_throttle.delay_s(ip))
+    await _sleep(_throttle.delay_s(ip))
     if not await check_password(state, body.password):
         _throttle.fail(ip)
         await audit.record(state.db, "login.failed", actor="anonymous", client_ip=ip)

@@ -14,8 +14,10 @@ from relaymeter.api.jsonresponse import FastJSONResponse
 class ApiError(HTTPException):
     """Raise from routers: ApiError(404, "not_found", "no API key with id 7")."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(status_code=status, detail=message)
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.code = code
         self.extra = extra
 

@@ -47,3 +47,9 @@ def current() -> None:
         common.console.print(f"current: {rev or 'empty'}  head: {migrate.head_revision()}", highlight=False)
 
     common.run(go())
+
+
+from relaymeter.cli import storage_cmd  # noqa: E402
+
+app.command("stats")(storage_cmd.stats)
+app.command("vacuum")(storage_cmd.vacuum)

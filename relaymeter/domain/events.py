@@ -9,6 +9,7 @@ from the record as it arrived (CPA semantics) so it matches CPA-Manager's hash.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass, fields
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from relaymeter.domain.redact import mask_key, mask_source, redact, redact_text, sha256_hex
+from relaymeter.domain.redact import mask_key, mask_source, redact_text, redacted_json, sha256_hex
 
 MAX_INT = 2**62
 MIN_TS_NS = 0
@@ -131,6 +132,8 @@ def _first(record: dict[str, Any], names: tuple[str, ...]) -> tuple[str, Any] | 
 
 
 def _as_int(value: Any, field: str) -> int:
+    if type(value) is int and 0 <= value < MAX_INT:
+        return value
     if isinstance(value, bool):
         raise NormalizeError(f"{field}: expected a number, got a boolean")
     if isinstance(value, int):
@@ -169,6 +172,8 @@ def _as_bool(value: Any, field: str) -> bool:
 
 
 def _as_str(value: Any, limit: int = 200) -> str:
+    if type(value) is str:
+        return value.strip()[:limit]
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -203,11 +208,7 @@ def parse_timestamp_ns(value: Any, field: str = "timestamp") -> int:
             raise NormalizeError(f"{field}: cannot parse {value[:40]!r} (use RFC 3339 or epoch)")
         y, mo, d, h, mi, s, frac, off = match.groups()
         try:
-            tz: timezone = UTC
-            if off and off not in ("Z", "z"):
-                sign = 1 if off[0] == "+" else -1
-                digits = off[1:].replace(":", "")
-                tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+            tz = _offset_zone(off or "Z")
             dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=tz)
         except ValueError as exc:
             raise NormalizeError(f"{field}: invalid date {value[:40]!r}: {exc}") from None
@@ -221,6 +222,15 @@ def parse_timestamp_ns(value: Any, field: str = "timestamp") -> int:
     return ns
 
 
+@functools.lru_cache(maxsize=256)
+def _offset_zone(off: str) -> timezone:
+    if off in ("Z", "z"):
+        return UTC
+    sign = 1 if off[0] == "+" else -1
+    digits = off[1:].replace(":", "")
+    return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+
+
 def _looks_numeric(text: str) -> bool:
     t = text.strip()
     return bool(t) and bool(re.fullmatch(r"\d+(\.\d+)?", t))
@@ -229,10 +239,15 @@ def _looks_numeric(text: str) -> bool:
 def format_rfc3339_nano(ns: int) -> str:
     """UTC time as Go's time.RFC3339Nano prints it (trailing zeros of the fraction trimmed)."""
     secs, frac = divmod(ns, 10**9)
-    text = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    text = _format_seconds(secs)
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_seconds(secs: int) -> str:
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 # --- event hash ------------------------------------------------------------------------
@@ -543,7 +558,10 @@ def normalize(
                 raw_obj = orjson.loads(record["raw_json"])
             except orjson.JSONDecodeError:
                 raw_obj = record
-        event.raw_json = orjson.dumps(redact(raw_obj), default=str).decode()
+        if isinstance(raw_obj, dict) and isinstance(raw_obj.get("source"), str):
+            # CPA's source is the raw upstream API key for API-key accounts: never store it.
+            raw_obj = {**raw_obj, "source": mask_source(raw_obj["source"])}
+        event.raw_json = redacted_json(raw_obj)
     return event
 
 

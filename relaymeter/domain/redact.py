@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
+
+import orjson
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = {
@@ -37,13 +40,21 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     norm = key.lower().replace("-", "_")
     return norm in _SECRET_KEYS or "secret" in norm or "password" in norm
 
 
+def _may_hold_secret(text: str) -> bool:
+    """Cheap pre-check so most strings skip the regex."""
+    return len(text) >= 10 and ("sk-" in text or "earer" in text or "AIza" in text or "_" in text)
+
+
 def redact_text(text: str) -> str:
     """Mask bearer tokens and provider key shapes inside free text (e.g. error bodies)."""
+    if not _may_hold_secret(text):
+        return text
 
     def _sub(match: re.Match[str]) -> str:
         if match.group(1):
@@ -55,19 +66,47 @@ def redact_text(text: str) -> str:
 
 def redact(value: Any) -> Any:
     """A copy of a JSON value with secret-named keys replaced and secrets in strings masked."""
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind is dict:
         out: dict[str, Any] = {}
         for key, item in value.items():
-            skey = str(key)
+            skey = key if type(key) is str else str(key)
             if is_secret_key(skey) and item not in (None, "", [], {}):
                 out[skey] = REDACTED
+            elif type(item) in (int, float, bool) or item is None:
+                out[skey] = item
             else:
                 out[skey] = redact(item)
         return out
-    if isinstance(value, list):
+    if kind is list:
         return [redact(item) for item in value]
     if isinstance(value, str):
         return redact_text(value)
+    if isinstance(value, dict | list):
+        return redact(dict(value) if isinstance(value, dict) else list(value))
+    return value
+
+
+def redacted_json(value: Any) -> str:
+    """Compact JSON of a value with secrets redacted (integers beyond 64 bits become strings)."""
+    clean = redact(value)
+    try:
+        return orjson.dumps(clean, default=str).decode()
+    except TypeError:
+        return orjson.dumps(_big_ints_as_str(clean), default=str).decode()
+
+
+def _big_ints_as_str(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, dict):
+        return {k: _big_ints_as_str(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_big_ints_as_str(v) for v in value]
     return value
 
 

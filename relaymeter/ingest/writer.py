@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
-
 from relaymeter.domain.events import UsageEvent, to_export_record
+from relaymeter.domain.redact import redacted_json
 from relaymeter.store import events as store_events
 from relaymeter.store.db import Database
 
@@ -189,7 +188,14 @@ class UsageWriter:
         if len(self._queue) < self.high_water:
             self._room.set()
         started = time.perf_counter()
-        await self._store(batch)
+        try:
+            await self._store(batch)
+        except Exception as exc:  # never let the writer task die: fail the batch's waiters loudly
+            log.exception("writer could not store or dead-letter a batch")
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            for item in batch:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(RuntimeError(f"store failed: {exc}"))
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.last_flush_ms = time.time_ns() // 1_000_000
@@ -228,7 +234,7 @@ class UsageWriter:
             return
         item = batch[0]
         reason = f"store failed: {type(exc).__name__}: {exc}"[:1000]
-        raw = orjson.dumps(to_export_record(item.event), default=str).decode()
+        raw = redacted_json(to_export_record(item.event))
         try:
             await store_events.add_dead_letters(self.db, item.event.source or "writer", [(reason, raw)])
             self.stats.dead_lettered += 1

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 SQLITE_PRAGMAS = (
+    # Takes effect only on a new (empty) file; lets retention give space back (store/maintenance).
+    "PRAGMA auto_vacuum=INCREMENTAL",
     "PRAGMA journal_mode=WAL",
     "PRAGMA busy_timeout=15000",
     "PRAGMA foreign_keys=ON",

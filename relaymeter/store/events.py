@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relaymeter.domain.events import UsageEvent
 from relaymeter.domain.latency import LATENCY_BUCKET_COUNT, bucket_index
 from relaymeter.domain.redact import redact_text
-from relaymeter.domain.windows import HOUR_MS
+from relaymeter.domain.windows import DAY_MS, HOUR_MS
 from relaymeter.store.db import Database
 from relaymeter.store.schema import (
     ROLLUP_KEY_COLUMNS,
@@ -25,6 +25,7 @@ from relaymeter.store.schema import (
     api_keys,
     dead_letters,
     latency_bucket_columns,
+    usage_daily,
     usage_events,
     usage_hourly,
 )
@@ -288,11 +289,37 @@ assert len(_SUM_COLUMNS) == 14 + LATENCY_BUCKET_COUNT
 
 
 _ROLLUP_ALL = [*ROLLUP_KEY_COLUMNS, *_SUM_COLUMNS]
-_SQLITE_UPSERT_ROLLUP = (
-    f"INSERT INTO usage_hourly ({', '.join(_ROLLUP_ALL)}) VALUES ({', '.join('?' for _ in _ROLLUP_ALL)}) "
-    f"ON CONFLICT ({', '.join(ROLLUP_KEY_COLUMNS)}) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUM_COLUMNS)
-)
+_DAILY_KEY_COLUMNS = ("day_ms", *ROLLUP_KEY_COLUMNS[1:])
+
+
+def _sqlite_upsert(table: str, keys: Sequence[str]) -> str:
+    cols = [*keys, *_SUM_COLUMNS]
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUM_COLUMNS)
+    )
+
+
+_SQLITE_UPSERT_HOURLY = _sqlite_upsert("usage_hourly", ROLLUP_KEY_COLUMNS)
+_SQLITE_UPSERT_DAILY = _sqlite_upsert("usage_daily", _DAILY_KEY_COLUMNS)
+
+
+def daily_rows(hourly: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold hourly rollup increments into UTC-day increments."""
+    acc: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in hourly:
+        day = row["hour_ms"] - row["hour_ms"] % DAY_MS
+        key = (day, *(row[c] for c in ROLLUP_KEY_COLUMNS[1:]))
+        slot = acc.get(key)
+        if slot is None:
+            slot = acc[key] = dict(zip(_DAILY_KEY_COLUMNS, key, strict=True))
+            for c in _SUM_COLUMNS:
+                slot[c] = row[c]
+        else:
+            for c in _SUM_COLUMNS:
+                slot[c] += row[c]
+    return list(acc.values())
 
 
 async def _add_to_rollups(db: Database, conn: AsyncConnection, events: Sequence[UsageEvent]) -> None:
@@ -302,22 +329,28 @@ async def _add_to_rollups(db: Database, conn: AsyncConnection, events: Sequence[
 async def apply_rollup_rows(
     db: Database, conn: AsyncConnection, rows: list[dict[str, Any]], sign: int = 1
 ) -> None:
-    """Add (sign=1) or subtract (sign=-1) rollup increments with an upsert per key."""
+    """Add (sign=1) or subtract (sign=-1) hourly increments; usage_daily follows."""
     if not rows:
         return
     if sign < 0:
         rows = [{k: (-v if k in _SUM_COLUMNS else v) for k, v in row.items()} for row in rows]
+    days = daily_rows(rows)
     if db.is_sqlite:
+        await conn.exec_driver_sql(_SQLITE_UPSERT_HOURLY, [tuple(r[c] for c in _ROLLUP_ALL) for r in rows])
         await conn.exec_driver_sql(
-            _SQLITE_UPSERT_ROLLUP, [tuple(row[c] for c in _ROLLUP_ALL) for row in rows]
+            _SQLITE_UPSERT_DAILY, [tuple(r[c] for c in (*_DAILY_KEY_COLUMNS, *_SUM_COLUMNS)) for r in days]
         )
         return
-    stmt = dialect_insert(db, usage_hourly)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(ROLLUP_KEY_COLUMNS),
-        set_={name: usage_hourly.c[name] + stmt.excluded[name] for name in _SUM_COLUMNS},
-    )
-    await conn.execute(stmt, rows)
+    for table, keys, data in (
+        (usage_hourly, ROLLUP_KEY_COLUMNS, rows),
+        (usage_daily, _DAILY_KEY_COLUMNS, days),
+    ):
+        stmt = pg_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={name: table.c[name] + stmt.excluded[name] for name in _SUM_COLUMNS},
+        )
+        await conn.execute(stmt, data)
 
 
 LAST_USED_RESOLUTION_MS = 1000

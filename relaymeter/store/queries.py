@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,13 +12,14 @@ from sqlalchemy import ColumnElement, and_, case, func, literal_column, or_, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, quantile
-from relaymeter.domain.windows import HOUR_MS
+from relaymeter.domain.windows import DAY_MS, HOUR_MS
 from relaymeter.store.db import Database
 from relaymeter.store.schema import (
     TOKEN_COLUMNS,
     accounts,
     api_keys,
     latency_bucket_columns,
+    usage_daily,
     usage_events,
     usage_hourly,
 )
@@ -108,6 +111,33 @@ def split_range(start_ms: int, end_ms: int) -> tuple[int, int]:
     return h0, h1
 
 
+@dataclass(frozen=True, slots=True)
+class RangePlan:
+    """Which store covers which part of [start, end): whole UTC days from usage_daily, whole
+    hours from usage_hourly, and the partial hours at both ends from raw events."""
+
+    days: tuple[tuple[int, int], ...]
+    hours: tuple[tuple[int, int], ...]
+    raw: tuple[tuple[int, int], ...]
+
+
+def plan_range(start_ms: int, end_ms: int) -> RangePlan:
+    if end_ms <= start_ms:
+        return RangePlan((), (), ())
+    h0, h1 = split_range(start_ms, end_ms)
+    if h0 >= h1:
+        return RangePlan((), (), ((start_ms, end_ms),))
+    d0 = -(-h0 // DAY_MS) * DAY_MS
+    d1 = h1 // DAY_MS * DAY_MS
+    if d0 < d1:
+        days: tuple[tuple[int, int], ...] = ((d0, d1),)
+        hours = tuple(p for p in ((h0, d0), (d1, h1)) if p[0] < p[1])
+    else:
+        days, hours = (), ((h0, h1),)
+    raw = tuple(p for p in ((start_ms, h0), (h1, end_ms)) if p[0] < p[1])
+    return RangePlan(days, hours, raw)
+
+
 def _served_model() -> ColumnElement[Any]:
     e = usage_events.c
     return case((e.actual_model != "", e.actual_model), else_=e.model)
@@ -136,12 +166,6 @@ def _filter_clauses(cols: Any, filters: Filters, model_col: ColumnElement[Any]) 
     elif filters.status == "success":
         clauses.append(cols.failed.is_(False))
     return clauses
-
-
-def _rollup_metric_columns() -> list[ColumnElement[Any]]:
-    h = usage_hourly.c
-    cols: list[ColumnElement[Any]] = [func.sum(h[name]) for name in (*_SCALAR_NAMES, *latency_bucket_columns)]
-    return cols
 
 
 def _event_metric_columns() -> list[ColumnElement[Any]]:
@@ -181,31 +205,25 @@ async def grouped_metrics(
 ) -> dict[tuple[Any, ...], Metrics]:
     """Metrics for [start, end) grouped by the given dimensions (subset of DIMENSIONS)."""
     out: dict[tuple[Any, ...], Metrics] = {}
-    if end_ms <= start_ms:
-        return out
-    h0, h1 = split_range(start_ms, end_ms)
-    h = usage_hourly.c
-    e = usage_events.c
-    edges: list[ColumnElement[bool]] = []
-    if h0 < h1:
-        dim_cols = [h[d] for d in dims]
-        stmt = select(*dim_cols, *_rollup_metric_columns()).where(
-            h.hour_ms >= h0, h.hour_ms < h1, *_filter_clauses(h, filters, h.model)
-        )
+    plan = plan_range(start_ms, end_ms)
+    for table, time_col, spans in ((usage_daily, "day_ms", plan.days), (usage_hourly, "hour_ms", plan.hours)):
+        if not spans:
+            continue
+        cols = table.c
+        dim_cols = [cols[d] for d in dims]
+        metric_cols = [func.sum(cols[name]) for name in (*_SCALAR_NAMES, *latency_bucket_columns)]
+        span_clause = or_(*[and_(cols[time_col] >= lo, cols[time_col] < hi) for lo, hi in spans])
+        stmt = select(*dim_cols, *metric_cols).where(span_clause, *_filter_clauses(cols, filters, cols.model))
         if dim_cols:
             stmt = stmt.group_by(*dim_cols)
         for row in await conn.execute(stmt):
             _accumulate(out, row, len(dims))
-        if start_ms < h0:
-            edges.append(and_(e.ts_ms >= start_ms, e.ts_ms < h0))
-        if h1 < end_ms:
-            edges.append(and_(e.ts_ms >= h1, e.ts_ms < end_ms))
-    else:
-        edges.append(and_(e.ts_ms >= start_ms, e.ts_ms < end_ms))
-    if edges:
+    if plan.raw:
+        e = usage_events.c
         event_dims: list[ColumnElement[Any]] = [_event_dim(d) for d in dims]
         stmt = select(*event_dims, *_event_metric_columns()).where(
-            or_(*edges), *_filter_clauses(e, filters, _served_model())
+            or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in plan.raw]),
+            *_filter_clauses(e, filters, _served_model()),
         )
         if event_dims:
             stmt = stmt.group_by(*event_dims)
@@ -295,3 +313,265 @@ async def summary(
         "by_model": [{"model": k, **m.to_dict()} for k, m in ordered(by["model"])],
         "by_endpoint": [{"endpoint": k, **m.to_dict()} for k, m in ordered(by["endpoint"])],
     }
+
+
+# --- analytics (time series, recent requests, request detail, key usage, account load) ---------
+
+_CASE_BUCKET_LIMIT = 64  # up to this many buckets the SQL maps rollup rows to buckets itself
+MAX_PAGE = 1000
+
+
+def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _bucket_case(col: ColumnElement[Any], bounds: Sequence[int]) -> ColumnElement[Any]:
+    """SQL CASE mapping a time value to its bucket index (bounds[i] <= t < bounds[i + 1])."""
+    last = len(bounds) - 2
+    if last <= 0:
+        return literal_column("0")
+    return case(
+        *[(col < bounds[i + 1], literal_column(str(i))) for i in range(last)], else_=literal_column(str(last))
+    )
+
+
+def _slot_width(bounds: Sequence[int]) -> int:
+    """Largest divisor of an hour that every inner boundary is a multiple of: raw events are
+    grouped in slots of this width, and no slot straddles two buckets."""
+    width = HOUR_MS
+    for b in bounds[1:-1]:
+        width = math.gcd(width, b)
+    return max(width, 1)
+
+
+async def timeseries(
+    db: Database,
+    bounds: Sequence[int],
+    filters: Filters = Filters(),
+    dims: Sequence[str] = (),
+) -> list[dict[tuple[Any, ...], Metrics]]:
+    """Metrics per bucket [bounds[i], bounds[i + 1]) grouped by dims.
+
+    Each bucket is planned like a summary (whole UTC days from usage_daily, whole hours from
+    usage_hourly, partial hours from raw events), so buckets that do not align with UTC hours
+    (zones with half-hour offsets, DST days, 5-minute buckets) stay exact.
+    """
+    n = len(bounds) - 1
+    out: list[dict[tuple[Any, ...], Metrics]] = [{} for _ in range(max(n, 0))]
+    if n <= 0:
+        return out
+    plans = [plan_range(bounds[i], bounds[i + 1]) for i in range(n)]
+    ndims = len(dims)
+    async with db.connect() as conn:
+        for table, time_name, part in ((usage_daily, "day_ms", "days"), (usage_hourly, "hour_ms", "hours")):
+            spans = _merge_spans([s for p in plans for s in getattr(p, part)])
+            if not spans:
+                continue
+            cols = table.c
+            t = cols[time_name]
+            key: ColumnElement[Any] = _bucket_case(t, bounds) if n <= _CASE_BUCKET_LIMIT else t
+            dim_cols = [cols[d] for d in dims]
+            stmt = (
+                select(
+                    key.label("tb"),
+                    *dim_cols,
+                    *[func.sum(cols[c]) for c in (*_SCALAR_NAMES, *latency_bucket_columns)],
+                )
+                .where(
+                    or_(*[and_(t >= lo, t < hi) for lo, hi in spans]),
+                    *_filter_clauses(cols, filters, cols.model),
+                )
+                .group_by(key, *dim_cols)
+            )
+            for row in await conn.execute(stmt):
+                idx = int(row[0]) if n <= _CASE_BUCKET_LIMIT else bisect.bisect_right(bounds, int(row[0])) - 1
+                _accumulate(out[min(max(idx, 0), n - 1)], row[1:], ndims)
+        raw = _merge_spans([s for p in plans for s in p.raw])
+        if raw:
+            e = usage_events.c
+            width = _slot_width(bounds)
+            slot = e.ts_ms.op("/")(literal_column(str(width)))
+            event_dims = [_event_dim(d) for d in dims]
+            stmt = (
+                select(slot.label("slot"), *event_dims, *_event_metric_columns())
+                .where(
+                    or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in raw]),
+                    *_filter_clauses(e, filters, _served_model()),
+                )
+                .group_by(slot, *event_dims)
+            )
+            for row in await conn.execute(stmt):
+                at = max(int(row[0]) * width, bounds[0])
+                idx = bisect.bisect_right(bounds, at) - 1
+                _accumulate(out[min(max(idx, 0), n - 1)], row[1:], ndims)
+    return out
+
+
+async def dimension_names(db: Database, dim: str, keys: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+    """Display data for account / API key ids ({id: {name, provider|prefix, origin}})."""
+    ids = {int(k) for k in keys if k}
+    if dim not in ("account_id", "api_key_id") or not ids:
+        return {}
+    async with db.connect() as conn:
+        return dict(await _names(conn, accounts if dim == "account_id" else api_keys, ids))
+
+
+_LIST_COLUMNS = (
+    "id",
+    "ts_ms",
+    "source",
+    "request_id",
+    "account_id",
+    "account_label",
+    "auth_index",
+    "api_key_id",
+    "provider",
+    "endpoint",
+    "method",
+    "path",
+    "model",
+    "actual_model",
+    "stream",
+    "status_code",
+    "failed",
+    "error_kind",
+    *TOKEN_COLUMNS,
+    "latency_ms",
+    "ttft_ms",
+    "cost_micros",
+    "price_missing",
+    "service_tier",
+    "client_ip",
+    "user_agent",
+)
+ERROR_PREVIEW_CHARS = 500
+
+
+async def _attach_names(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    acc = await _names(conn, accounts, {r["account_id"] for r in rows if r["account_id"]})
+    keys = await _names(conn, api_keys, {r["api_key_id"] for r in rows if r["api_key_id"]})
+    for r in rows:
+        a = acc.get(r["account_id"])
+        k = keys.get(r["api_key_id"])
+        r["account_name"] = a["name"] if a else None
+        r["api_key_name"] = k["name"] if k else None
+        r["api_key_prefix"] = k["prefix"] if k else None
+        for name in ("stream", "failed", "price_missing"):
+            if r.get(name) is not None:
+                r[name] = bool(r[name])
+
+
+async def recent_requests(
+    db: Database,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    filters: Filters = Filters(),
+    limit: int = 50,
+    before: tuple[int, int] | None = None,
+    request_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Newest events first (ts_ms, id descending); ``before`` = (ts_ms, id) of the last row seen."""
+    e = usage_events.c
+    cols: list[ColumnElement[Any]] = [e[c] for c in _LIST_COLUMNS]
+    cols.append(func.substr(e.error_message, 1, ERROR_PREVIEW_CHARS).label("error_message"))
+    clauses = _filter_clauses(e, filters, _served_model())
+    if start_ms is not None:
+        clauses.append(e.ts_ms >= start_ms)
+    if end_ms is not None:
+        clauses.append(e.ts_ms < end_ms)
+    if request_id:
+        clauses.append(e.request_id == request_id)
+    if before is not None:
+        ts, row_id = before
+        clauses.append(e.ts_ms <= ts)
+        clauses.append(or_(e.ts_ms < ts, e.id < row_id))
+    stmt = (
+        select(*cols)
+        .where(*clauses)
+        .order_by(e.ts_ms.desc(), e.id.desc())
+        .limit(max(1, min(limit, MAX_PAGE)))
+    )
+    async with db.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(stmt)]
+        await _attach_names(conn, rows)
+    return rows
+
+
+async def request_detail(db: Database, event_id: int) -> dict[str, Any] | None:
+    """One event with every stored column (raw_json is the redacted raw record)."""
+    async with db.connect() as conn:
+        row = (await conn.execute(select(usage_events).where(usage_events.c.id == event_id))).first()
+        if row is None:
+            return None
+        item = dict(row._mapping)
+        await _attach_names(conn, [item])
+    return item
+
+
+async def metrics_by(
+    db: Database, periods: dict[str, tuple[int, int]], dim: str, filters: Filters = Filters()
+) -> dict[str, dict[Any, Metrics]]:
+    """For each named period [start, end): metrics grouped by one dimension."""
+    out: dict[str, dict[Any, Metrics]] = {}
+    async with db.connect() as conn:
+        for name, (start, end) in periods.items():
+            rows = await grouped_metrics(conn, start, end, filters, (dim,))
+            out[name] = {k[0]: m for k, m in rows.items()}
+    return out
+
+
+async def all_time_cost(db: Database, dim: str, ids: Sequence[int]) -> dict[int, int]:
+    """Cost in micro-USD since the first event, per account / API key id (from usage_daily)."""
+    if not ids or dim not in ("account_id", "api_key_id"):
+        return {}
+    d = usage_daily.c
+    stmt = select(d[dim], func.sum(d.cost_micros)).where(d[dim].in_(sorted(set(ids)))).group_by(d[dim])
+    async with db.connect() as conn:
+        return {int(k): int(v or 0) for k, v in await conn.execute(stmt)}
+
+
+_PANEL_COLUMNS = (
+    "id",
+    "ts_ms",
+    "event_hash",
+    "provider",
+    "endpoint",
+    "model",
+    "actual_model",
+    "account_label",
+    "auth_index",
+    "request_id",
+    "latency_ms",
+    "failed",
+    *TOKEN_COLUMNS,
+)
+
+
+async def newest_events(
+    db: Database, limit: int, *, start_ms: int | None = None, end_ms: int | None = None
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` events (light columns), newest first: CPA panel details."""
+    e = usage_events.c
+    stmt = select(*[e[c] for c in _PANEL_COLUMNS]).order_by(e.ts_ms.desc(), e.id.desc()).limit(max(limit, 0))
+    if start_ms is not None:
+        stmt = stmt.where(e.ts_ms >= start_ms)
+    if end_ms is not None:
+        stmt = stmt.where(e.ts_ms < end_ms)
+    async with db.connect() as conn:
+        result = await conn.execute(stmt)
+        return [dict(zip(_PANEL_COLUMNS, r, strict=True)) for r in result]
+
+
+async def models_in_use(db: Database) -> list[tuple[str, str]]:
+    """(served model, provider) pairs that appear in stored usage."""
+    d = usage_daily.c
+    stmt = select(d.model, d.provider).group_by(d.model, d.provider)
+    async with db.connect() as conn:
+        return [(str(m), str(p)) for m, p in await conn.execute(stmt)]

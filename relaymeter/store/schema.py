@@ -163,34 +163,42 @@ usage_events = Table(
 
 latency_bucket_columns = [f"lat_b{i}" for i in range(LATENCY_BUCKET_COUNT)]
 
-# One row per hour and dimension combination; ``failures`` equals ``requests`` on rows whose
-# ``failed`` key is true (kept as a column so sums stay simple).
-usage_hourly = Table(
-    "usage_hourly",
-    metadata,
-    Column("hour_ms", BigInteger, nullable=False),
-    Column("account_id", BigInteger, nullable=False),
-    Column("api_key_id", BigInteger, nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("endpoint", String(200), nullable=False),
-    Column("source", String(80), nullable=False),
-    Column("provider", String(40), nullable=False),
-    Column("failed", Boolean, nullable=False),
-    Column("requests", BigInteger, nullable=False, server_default="0"),
-    Column("failures", BigInteger, nullable=False, server_default="0"),
-    *_tokens(),
-    Column("cost_micros", BigInteger, nullable=False, server_default="0"),
-    Column("latency_sum_ms", BigInteger, nullable=False, server_default="0"),
-    Column("latency_count", BigInteger, nullable=False, server_default="0"),
-    Column("ttft_sum_ms", BigInteger, nullable=False, server_default="0"),
-    Column("ttft_count", BigInteger, nullable=False, server_default="0"),
-    *[Column(name, BigInteger, nullable=False, server_default="0") for name in latency_bucket_columns],
-    UniqueConstraint(
-        "hour_ms", "account_id", "api_key_id", "model", "endpoint", "source", "provider", "failed"
-    ),
-    Index(None, "account_id", "hour_ms"),
-    Index(None, "api_key_id", "hour_ms"),
-)
+
+def _rollup_table(name: str, time_column: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column(time_column, BigInteger, nullable=False),
+        Column("account_id", BigInteger, nullable=False),
+        Column("api_key_id", BigInteger, nullable=False),
+        Column("model", String(200), nullable=False),
+        Column("endpoint", String(200), nullable=False),
+        Column("source", String(80), nullable=False),
+        Column("provider", String(40), nullable=False),
+        Column("failed", Boolean, nullable=False),
+        Column("requests", BigInteger, nullable=False, server_default="0"),
+        Column("failures", BigInteger, nullable=False, server_default="0"),
+        *_tokens(),
+        Column("cost_micros", BigInteger, nullable=False, server_default="0"),
+        Column("latency_sum_ms", BigInteger, nullable=False, server_default="0"),
+        Column("latency_count", BigInteger, nullable=False, server_default="0"),
+        Column("ttft_sum_ms", BigInteger, nullable=False, server_default="0"),
+        Column("ttft_count", BigInteger, nullable=False, server_default="0"),
+        *[Column(c, BigInteger, nullable=False, server_default="0") for c in latency_bucket_columns],
+        UniqueConstraint(
+            time_column, "account_id", "api_key_id", "model", "endpoint", "source", "provider", "failed"
+        ),
+        Index(None, "account_id", time_column),
+        Index(None, "api_key_id", time_column),
+    )
+
+
+# Rollups: one row per hour (UTC day) and dimension combination; ``failures`` equals
+# ``requests`` on rows whose ``failed`` key is true (a column so sums stay simple).
+# Summaries read usage_daily for whole UTC days, usage_hourly for whole hours at the
+# edges and raw events only for the partial hours at both ends.
+usage_hourly = _rollup_table("usage_hourly", "hour_ms")
+usage_daily = _rollup_table("usage_daily", "day_ms")
 
 # Price rows per model and origin: 'override' (user) > 'synced' > 'snapshot' (shipped).
 model_prices = Table(
@@ -326,6 +334,7 @@ __all__ = [
     "model_prices",
     "quota_snapshots",
     "settings",
+    "usage_daily",
     "usage_events",
     "usage_hourly",
 ]

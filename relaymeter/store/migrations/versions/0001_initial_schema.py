@@ -2,11 +2,12 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 13:04:19.807126
+Create Date: 2026-11-23 13:17:10.141633
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = "0001"
 down_revision = None
@@ -211,6 +212,67 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key", name=op.f("pk_settings")),
     )
     op.create_table(
+        "usage_daily",
+        sa.Column("day_ms", sa.BigInteger(), nullable=False),
+        sa.Column("account_id", sa.BigInteger(), nullable=False),
+        sa.Column("api_key_id", sa.BigInteger(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("endpoint", sa.String(length=200), nullable=False),
+        sa.Column("source", sa.String(length=80), nullable=False),
+        sa.Column("provider", sa.String(length=40), nullable=False),
+        sa.Column("failed", sa.Boolean(), nullable=False),
+        sa.Column("requests", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("failures", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("reasoning_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("cache_read_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("cache_creation_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("cache_creation_1h_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("cost_micros", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("latency_sum_ms", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("latency_count", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("ttft_sum_ms", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("ttft_count", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b0", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b1", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b2", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b3", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b4", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b5", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b6", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b7", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b8", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b9", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b10", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b11", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b12", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b13", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b14", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b15", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("lat_b16", sa.BigInteger(), server_default="0", nullable=False),
+        sa.UniqueConstraint(
+            "day_ms",
+            "account_id",
+            "api_key_id",
+            "model",
+            "endpoint",
+            "source",
+            "provider",
+            "failed",
+            name=op.f("uq_usage_daily_day_ms_account_id_api_key_id_model_endpoint_source_provider_failed"),
+        ),
+    )
+    with op.batch_alter_table("usage_daily", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_usage_daily_account_id_day_ms"), ["account_id", "day_ms"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_usage_daily_api_key_id_day_ms"), ["api_key_id", "day_ms"], unique=False
+        )
+
+    op.create_table(
         "usage_events",
         sa.Column(
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
@@ -336,6 +398,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_usage_events_event_key"))
 
     op.drop_table("usage_events")
+    with op.batch_alter_table("usage_daily", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_usage_daily_api_key_id_day_ms"))
+        batch_op.drop_index(batch_op.f("ix_usage_daily_account_id_day_ms"))
+
+    op.drop_table("usage_daily")
     op.drop_table("settings")
     with op.batch_alter_table("quota_snapshots", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_quota_snapshots_account_id_window_fetched_ms"))
