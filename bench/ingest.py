@@ -123,7 +123,7 @@ async def main() -> None:
     )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--runs", type=int, default=7, help="summary query repetitions")
     args = parser.parse_args()

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(None, description="shared counters for several gateway instances")
 
-    writer_batch_size: int = Field(1000, ge=1, le=50_000)
+    writer_batch_size: int = Field(5000, ge=1, le=50_000, description="max events per write transaction")
     writer_linger_ms: int = Field(50, ge=0, le=10_000)
     writer_max_retries: int = Field(5, ge=0, le=100)
     store_raw_payloads: bool = Field(True, description="keep the redacted raw record of each event")

@@ -264,13 +264,6 @@ def upgrade() -> None:
             name=op.f("uq_usage_daily_day_ms_account_id_api_key_id_model_endpoint_source_provider_failed"),
         ),
     )
-    with op.batch_alter_table("usage_daily", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_usage_daily_account_id_day_ms"), ["account_id", "day_ms"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_usage_daily_api_key_id_day_ms"), ["api_key_id", "day_ms"], unique=False
-        )
 
     op.create_table(
         "usage_events",
@@ -376,20 +369,9 @@ def upgrade() -> None:
             name=op.f("uq_usage_hourly_hour_ms_account_id_api_key_id_model_endpoint_source_provider_failed"),
         ),
     )
-    with op.batch_alter_table("usage_hourly", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_usage_hourly_account_id_hour_ms"), ["account_id", "hour_ms"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_usage_hourly_api_key_id_hour_ms"), ["api_key_id", "hour_ms"], unique=False
-        )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("usage_hourly", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_usage_hourly_api_key_id_hour_ms"))
-        batch_op.drop_index(batch_op.f("ix_usage_hourly_account_id_hour_ms"))
-
     op.drop_table("usage_hourly")
     with op.batch_alter_table("usage_events", schema=None) as batch_op:
         if op.get_bind().dialect.name == "postgresql":
@@ -398,9 +380,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_usage_events_event_key"))
 
     op.drop_table("usage_events")
-    with op.batch_alter_table("usage_daily", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_usage_daily_api_key_id_day_ms"))
-        batch_op.drop_index(batch_op.f("ix_usage_daily_account_id_day_ms"))
 
     op.drop_table("usage_daily")
     op.drop_table("settings")
