@@ -23,6 +23,7 @@ from relaymeter.store import events as store_events
 from relaymeter.store.db import Database
 
 log = logging.getLogger(__name__)
+PIPELINE = 2
 
 
 class EventPricer(Protocol):
@@ -151,9 +152,15 @@ class UsageWriter:
             await self._drain_all()
 
     async def _run(self) -> None:
+        # Up to PIPELINE batches in flight: the next batch's CPU work (pricing, rows, rollup
+        # increments) overlaps the current batch's database work; the store keeps them in order.
+        inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
                 if not self._queue:
+                    if inflight:
+                        await asyncio.wait(inflight)
+                        continue
                     self._drained.set()
                     self._room.set()
                     if self._closing:
@@ -164,8 +171,16 @@ class UsageWriter:
                 if len(self._queue) < self.batch_size and self.linger_s > 0 and not self._closing:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._until_full(), self.linger_s)
-                await self._write_one_batch()
+                task = asyncio.create_task(self._write_one_batch())
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                if len(inflight) >= PIPELINE:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(0)  # let the new batch start its CPU work
         except asyncio.CancelledError:
+            if inflight:
+                await asyncio.wait(inflight)
             await self._drain_all()
             raise
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
             event.listen(self.engine.sync_engine, "begin", _sqlite_on_begin)
+        # Serializes the write path's transactions inside this process (FIFO), so a pipelined
+        # writer prepares the next batch while this one is in the database.
+        self.write_lock = asyncio.Lock()
         # (origin, external_id) -> accounts.id and key_hash -> api_keys.id, filled after commit.
         self.account_ids: dict[tuple[str, str], int] = {}
         self.api_key_ids: dict[str, int] = {}

@@ -66,7 +66,11 @@ def dialect_insert(db: Database, table: Any) -> Any:
 
 
 async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResult:
-    """Insert new events (dedup on event_hash) and add them to usage_hourly, in ONE transaction."""
+    """Insert new events (dedup on event_hash) and add them to the rollups, in ONE transaction.
+
+    The CPU work that needs no database (rows, rollup increments) is done before taking the
+    write lock, so a pipelining caller overlaps it with the previous batch's database work.
+    """
     if not events:
         return BatchResult([])
     now = _now_ms()
@@ -74,21 +78,27 @@ async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResul
     for i, ev in enumerate(events):
         first_index.setdefault(ev.event_hash, i)
     unique = [events[i] for i in sorted(first_index.values())]
+    prepared = _prepare(db, unique, now) if _ids_from_cache(db, unique) else None
 
-    async with db.begin() as conn:
+    async with db.write_lock, db.begin() as conn:
         new_accounts = await _resolve_accounts(db, conn, unique, now)
         new_keys = await _resolve_api_keys(db, conn, unique, now)
+        if prepared is None:
+            prepared = _prepare(db, unique, now)
         if db.is_sqlite:
-            inserted_hashes = await _insert_sqlite(conn, unique, now)
+            inserted_hashes = await _insert_sqlite(conn, unique, prepared.rows)
         else:
             stmt = pg_insert(usage_events).on_conflict_do_nothing(index_elements=["event_hash"])
-            result = await conn.execute(
-                stmt.returning(usage_events.c.event_hash), [_event_row(ev, now) for ev in unique]
-            )
+            result = await conn.execute(stmt.returning(usage_events.c.event_hash), prepared.rows)
             inserted_hashes = {row[0] for row in result}
-        fresh = [ev for ev in unique if ev.event_hash in inserted_hashes]
+        if len(inserted_hashes) == len(unique):
+            fresh: Sequence[UsageEvent] = unique
+            rollups = prepared.rollups
+        else:
+            fresh = [ev for ev in unique if ev.event_hash in inserted_hashes]
+            rollups = rollup_rows(fresh)
         if fresh:
-            await _add_to_rollups(db, conn, fresh)
+            await apply_rollup_rows(db, conn, rollups)
             await _touch_last_used(db, conn, fresh)
     db.account_ids.update(new_accounts)
     db.api_key_ids.update(new_keys)
@@ -96,6 +106,41 @@ async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResul
     for h, i in first_index.items():
         flags[i] = h in inserted_hashes
     return BatchResult(flags)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    rows: list[Any]  # SQLite: tuples in _SQLITE_INSERT_EVENT order; PostgreSQL: dicts
+    rollups: list[dict[str, Any]]
+
+
+def _ids_from_cache(db: Database, events: Sequence[UsageEvent]) -> bool:
+    """Fill account/API key ids known from the cache; True when nothing is left to resolve."""
+    complete = True
+    for ev in events:
+        if not ev.account_id:
+            ext = ev.account_external_id
+            if ext:
+                cached = db.account_ids.get((ev.source or "import", ext))
+                if cached:
+                    ev.account_id = cached
+                else:
+                    complete = False
+        if not ev.api_key_id and ev.api_key_hash:
+            cached = db.api_key_ids.get(ev.api_key_hash)
+            if cached:
+                ev.api_key_id = cached
+            else:
+                complete = False
+    return complete
+
+
+def _prepare(db: Database, events: Sequence[UsageEvent], now: int) -> _Prepared:
+    if db.is_sqlite:
+        rows: list[Any] = [(event_key(ev.event_hash), *_event_values(ev), now) for ev in events]
+    else:
+        rows = [_event_row(ev, now) for ev in events]
+    return _Prepared(rows, rollup_rows(events))
 
 
 _EVENT_VALUE_NAMES = [name for name in _EVENT_COLUMNS if name not in ("ingested_ms", "event_key")]
@@ -119,14 +164,13 @@ def _event_row(ev: UsageEvent, now: int) -> dict[str, Any]:
     return row
 
 
-async def _insert_sqlite(conn: AsyncConnection, events: Sequence[UsageEvent], now: int) -> set[str]:
+async def _insert_sqlite(conn: AsyncConnection, events: Sequence[UsageEvent], rows: list[Any]) -> set[str]:
     """SQLite: find the hashes already stored, then one driver-level executemany of the rest.
 
-    Safe without RETURNING: SQLite serializes writers, and a transaction whose read snapshot
-    went stale fails with SQLITE_BUSY when it tries to write (the writer retries the batch).
+    Safe without RETURNING: every write transaction starts with BEGIN IMMEDIATE, so no other
+    writer can commit between the lookup and the insert.
     """
-    keyed = [(event_key(ev.event_hash), ev) for ev in events]
-    keys = list({k for k, _ in keyed})
+    keys = list({row[0] for row in rows})
     existing: set[str] = set()
     for start in range(0, len(keys), 900):
         chunk = keys[start : start + 900]
@@ -135,7 +179,8 @@ async def _insert_sqlite(conn: AsyncConnection, events: Sequence[UsageEvent], no
             tuple(chunk),
         )
         existing.update(r[0] for r in res)
-    rows = [(k, *_event_values(ev), now) for k, ev in keyed if ev.event_hash not in existing]
+    if existing:
+        rows = [row for row, ev in zip(rows, events, strict=True) if ev.event_hash not in existing]
     if rows:
         await conn.exec_driver_sql(_SQLITE_INSERT_EVENT, rows)
     return {ev.event_hash for ev in events if ev.event_hash not in existing}
@@ -278,7 +323,7 @@ def rollup_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
             sums[12] += ev.ttft_ms
             sums[13] += 1
     rows = []
-    for key, sums in acc.items():
+    for key, sums in sorted(acc.items(), key=lambda kv: repr(kv[0])):
         row = dict(zip(ROLLUP_KEY_COLUMNS, key, strict=True))
         row.update(zip(_SUM_COLUMNS, sums, strict=True))
         rows.append(row)
@@ -320,10 +365,6 @@ def daily_rows(hourly: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             for c in _SUM_COLUMNS:
                 slot[c] += row[c]
     return list(acc.values())
-
-
-async def _add_to_rollups(db: Database, conn: AsyncConnection, events: Sequence[UsageEvent]) -> None:
-    await apply_rollup_rows(db, conn, rollup_rows(events))
 
 
 async def apply_rollup_rows(
