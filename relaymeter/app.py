@@ -13,17 +13,29 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from relaymeter import __version__
-from relaymeter.api import auth, health
+from relaymeter.api import admin_misc
+from relaymeter.api import collector as collector_api
+from relaymeter.api import usage_io as usage_io_api
+from relaymeter.api import analytics as analytics_api
+from relaymeter.api import auth, health, prices
+from relaymeter.api import quota as quota_api
+from relaymeter.api import cpa_panel
+from relaymeter.api import metrics as metrics_api
+from relaymeter.api import openapi as openapi_doc
+from relaymeter.api import accounts as accounts_api
+from relaymeter.api import keys as keys_api
 from relaymeter.api.errors import install_error_handlers
 from relaymeter.api.jsonresponse import FastJSONResponse
 from relaymeter.config import Settings, load_settings
 from relaymeter.ingest.writer import UsageWriter
+from relaymeter.pricing.sync import prepare_pricer
 from relaymeter.security import SecretBox, hash_password
 from relaymeter.services import start_services, stop_services
 from relaymeter.state import AppState
 from relaymeter.store import admin as admin_store
 from relaymeter.store import migrate
 from relaymeter.store.db import Database
+from relaymeter.web import install_web
 
 log = logging.getLogger("relaymeter")
 
@@ -40,6 +52,7 @@ async def open_state(settings: Settings) -> AppState:
         batch_size=settings.writer_batch_size,
         linger_ms=settings.writer_linger_ms,
         max_retries=settings.writer_max_retries,
+        pricer=await prepare_pricer(db),
     )
     return AppState(settings=settings, db=db, writer=writer, box=box, started_ms=time.time_ns() // 1_000_000)
 
@@ -88,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
         redoc_url=None,
+        # FastAPI's OpenTelemetry bridge probes the environment on every request; we don't use it.
+        telemetry={"tracing": False, "metrics": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -101,4 +116,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(prices.router)
+    app.include_router(quota_api.router)
+    app.include_router(analytics_api.router)
+    app.include_router(accounts_api.router)
+    app.include_router(keys_api.router)
+    app.include_router(collector_api.router)
+    app.include_router(usage_io_api.router)
+    if settings.gateway_enabled:
+        from relaymeter.gateway.routes import install as install_gateway
+
+        install_gateway(app)  # /v1/* relay routes, matched before every other route
+    app.include_router(admin_misc.router)
+    app.include_router(metrics_api.router)
+    cpa_panel.install(app, settings.cpa_panel_cors_origins)
+    openapi_doc.install(app)  # 422 responses documented with relaymeter's error body
+    # The console is the router's fallback: it only answers paths no route above matched.
+    install_web(app)
     return app

@@ -42,6 +42,9 @@ def service_factories() -> list[ServiceFactory]:
     from relaymeter.gateway.service import factory as gateway_service
 
     factories.append(gateway_service)
+    from relaymeter.quota.service import quota_service
+
+    factories.append(quota_service)
     from relaymeter.retention import retention_service
 
     factories.append(retention_service)

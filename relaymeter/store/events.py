@@ -17,6 +17,7 @@ from relaymeter.domain.events import UsageEvent
 from relaymeter.domain.latency import LATENCY_BUCKET_COUNT, bucket_index
 from relaymeter.domain.redact import redact_text
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
+from relaymeter.store import dim_rollups
 from relaymeter.store.db import Database
 from relaymeter.store.schema import (
     ROLLUP_KEY_COLUMNS,
@@ -376,6 +377,7 @@ async def apply_rollup_rows(
     if sign < 0:
         rows = [{k: (-v if k in _SUM_COLUMNS else v) for k, v in row.items()} for row in rows]
     days = daily_rows(rows)
+    await dim_rollups.apply(db, conn, rows)  # per-dimension rollups follow the same increments
     if db.is_sqlite:
         await conn.exec_driver_sql(_SQLITE_UPSERT_HOURLY, [tuple(r[c] for c in _ROLLUP_ALL) for r in rows])
         await conn.exec_driver_sql(

@@ -20,8 +20,10 @@ from relaymeter.store.schema import (
     api_keys,
     latency_bucket_columns,
     usage_daily,
+    usage_daily_dim,
     usage_events,
     usage_hourly,
+    usage_hourly_dim,
 )
 
 DIMENSIONS = ("account_id", "api_key_id", "model", "endpoint", "provider", "source")
@@ -355,61 +357,203 @@ async def timeseries(
     bounds: Sequence[int],
     filters: Filters = Filters(),
     dims: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
 ) -> list[dict[tuple[Any, ...], Metrics]]:
-    """Metrics per bucket [bounds[i], bounds[i + 1]) grouped by dims.
+    """Metrics per bucket [bounds[i], bounds[i + 1]) grouped by dims (see ``bucketed``)."""
+    async with db.connect() as conn:
+        return await bucketed(conn, bounds, filters, dims, columns)
 
-    Each bucket is planned like a summary (whole UTC days from usage_daily, whole hours from
-    usage_hourly, partial hours from raw events), so buckets that do not align with UTC hours
-    (zones with half-hour offsets, DST days, 5-minute buckets) stay exact.
+
+_FILTER_DIMS = (
+    ("account_ids", "account_id"),
+    ("api_key_ids", "api_key_id"),
+    ("models", "model"),
+    ("providers", "provider"),
+    ("endpoints", "endpoint"),
+    ("sources", "source"),
+)
+_INT_DIMS = ("account_id", "api_key_id")
+_LAT_INDEX = {name: i for i, name in enumerate(latency_bucket_columns)}
+
+
+def single_dimension(filters: Filters, dims: Sequence[str]) -> str | None:
+    """The one dimension a query involves ('*' for none), or None when it involves several.
+
+    Such queries are answered from the per-dimension rollups (store/dim_rollups.py).
+    """
+    involved = set(dims) | {dim for attr, dim in _FILTER_DIMS if getattr(filters, attr)}
+    if len(involved) > 1:
+        return None
+    return next(iter(involved)) if involved else "*"
+
+
+def _selected(columns: Sequence[str] | None) -> list[str]:
+    """Sum columns to read, in _SCALAR_NAMES order (+ latency buckets when asked for)."""
+    if columns is None:
+        return [*_SCALAR_NAMES, *latency_bucket_columns]
+    wanted = set(columns) | {"requests"}
+    out = [c for c in _SCALAR_NAMES if c in wanted]
+    if "latency_buckets" in wanted:
+        out.extend(latency_bucket_columns)
+    return out
+
+
+def _event_sum_columns(names: Sequence[str]) -> list[ColumnElement[Any]]:
+    every = dict(zip([*_SCALAR_NAMES, *latency_bucket_columns], _event_metric_columns(), strict=True))
+    return [every[n] for n in names]
+
+
+def _add(
+    out: dict[tuple[Any, ...], Metrics],
+    key: tuple[Any, ...],
+    vals: Sequence[Any],
+    names: Sequence[str],
+    sign: int,
+) -> None:
+    m = out.get(key)
+    if m is None:
+        m = out[key] = Metrics()
+    for name, v in zip(names, vals, strict=True):
+        if not v:
+            continue
+        lat = _LAT_INDEX.get(name)
+        if lat is not None:
+            m.latency_buckets[lat] += sign * int(v)
+        else:
+            setattr(m, name, getattr(m, name) + sign * int(v))
+
+
+def _hour_pieces(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans cut at UTC hour boundaries (each piece lies inside one hour)."""
+    out = []
+    for lo, hi in spans:
+        while lo < hi:
+            cut = min(hi, (lo // HOUR_MS + 1) * HOUR_MS)
+            out.append((lo, cut))
+            lo = cut
+    return out
+
+
+def _plan_buckets(
+    bounds: Sequence[int],
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """(daily spans, hourly spans, raw spans to add, raw spans to subtract) for the buckets.
+
+    An outer partial hour is read as its whole rollup hour minus the raw events outside the
+    range when that is shorter (e.g. the current hour of a range that ends now).
+    """
+    n = len(bounds) - 1
+    plans = [plan_range(bounds[i], bounds[i + 1]) for i in range(n)]
+    day_spans = [s for p in plans for s in p.days]
+    hour_spans = [s for p in plans for s in p.hours]
+    inner = set(bounds[1:-1])
+    positive: list[tuple[int, int]] = []
+    negative: list[tuple[int, int]] = []
+    for lo, hi in _hour_pieces([s for p in plans for s in p.raw]):
+        hour = lo - lo % HOUR_MS
+        at_edge = lo == bounds[0] or hi == bounds[-1]
+        clean = not any(hour < b < hour + HOUR_MS for b in inner)
+        outside = [p for p in ((hour, lo), (hi, hour + HOUR_MS)) if p[0] < p[1]]
+        if at_edge and clean and sum(b - a for a, b in outside) < hi - lo:
+            hour_spans.append((hour, hour + HOUR_MS))
+            negative.extend(outside)
+        else:
+            positive.append((lo, hi))
+    return day_spans, hour_spans, positive, negative
+
+
+def _status_clauses(cols: Any, filters: Filters) -> list[ColumnElement[bool]]:
+    if filters.status == "failed":
+        return [cols.failed.is_(True)]
+    if filters.status == "success":
+        return [cols.failed.is_(False)]
+    return []
+
+
+async def bucketed(
+    conn: AsyncConnection,
+    bounds: Sequence[int],
+    filters: Filters = Filters(),
+    dims: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+) -> list[dict[tuple[Any, ...], Metrics]]:
+    """Metrics per bucket [bounds[i], bounds[i + 1]) grouped by dims, exact to the millisecond.
+
+    Each bucket is planned like a summary: whole UTC days from the daily rollups, whole hours
+    from the hourly rollups, partial hours from raw events (see _plan_buckets). Rollups are
+    the per-dimension ones when the query involves at most one dimension, else the full-key
+    ones. ``columns`` limits the sums read (names of Metrics fields, 'latency_buckets' for the
+    histogram); unread fields stay 0.
     """
     n = len(bounds) - 1
     out: list[dict[tuple[Any, ...], Metrics]] = [{} for _ in range(max(n, 0))]
     if n <= 0:
         return out
-    plans = [plan_range(bounds[i], bounds[i + 1]) for i in range(n)]
+    names = _selected(columns)
     ndims = len(dims)
-    async with db.connect() as conn:
-        for table, time_name, part in ((usage_daily, "day_ms", "days"), (usage_hourly, "hour_ms", "hours")):
-            spans = _merge_spans([s for p in plans for s in getattr(p, part)])
-            if not spans:
+    day_spans, hour_spans, positive, negative = _plan_buckets(bounds)
+
+    def slot_index(t: int) -> int:
+        return min(max(bisect.bisect_right(bounds, t) - 1, 0), n - 1)
+
+    single = single_dimension(filters, dims)
+    for table, time_name, spans in (
+        (usage_daily_dim if single else usage_daily, "day_ms", day_spans),
+        (usage_hourly_dim if single else usage_hourly, "hour_ms", hour_spans),
+    ):
+        spans = _merge_spans(spans)
+        if not spans:
+            continue
+        cols = table.c
+        t = cols[time_name]
+        key: ColumnElement[Any] = _bucket_case(t, bounds) if n <= _CASE_BUCKET_LIMIT else t
+        where = [or_(*[and_(t >= lo, t < hi) for lo, hi in spans]), *_status_clauses(cols, filters)]
+        if single:
+            where.append(cols.dim == single)
+            for attr, dim in _FILTER_DIMS:
+                values = getattr(filters, attr)
+                if values and dim == single:
+                    where.append(cols.value.in_([str(v) for v in values]))
+            group_cols: list[ColumnElement[Any]] = [cols.value] if ndims else []
+        else:
+            where.extend(_filter_clauses(cols, filters, cols.model))
+            group_cols = [cols[d] for d in dims]
+        stmt = (
+            select(key.label("tb"), *group_cols, *[func.sum(cols[c]) for c in names])
+            .where(*where)
+            .group_by(key, *group_cols)
+        )
+        for row in await conn.execute(stmt):
+            idx = int(row[0]) if n <= _CASE_BUCKET_LIMIT else slot_index(int(row[0]))
+            if single and ndims:
+                k: tuple[Any, ...] = (int(row[1]) if dims[0] in _INT_DIMS else row[1],)
+            else:
+                k = tuple(row[1 : 1 + ndims])
+            _add(out[min(max(idx, 0), n - 1)], k, row[1 + ndims :], names, 1)
+    e = usage_events.c
+    width = _slot_width(bounds)
+    slot = e.ts_ms.op("/")(literal_column(str(width)))
+    event_dims = [_event_dim(d) for d in dims]
+    metric_cols = _event_sum_columns(names)
+    for spans, sign in ((_merge_spans(positive), 1), (_merge_spans(negative), -1)):
+        if not spans:
+            continue
+        stmt = (
+            select(slot.label("slot"), *event_dims, *metric_cols)
+            .where(
+                or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in spans]),
+                *_filter_clauses(e, filters, _served_model()),
+            )
+            .group_by(slot, *event_dims)
+        )
+        for row in await conn.execute(stmt):
+            if not row[1 + ndims]:
                 continue
-            cols = table.c
-            t = cols[time_name]
-            key: ColumnElement[Any] = _bucket_case(t, bounds) if n <= _CASE_BUCKET_LIMIT else t
-            dim_cols = [cols[d] for d in dims]
-            stmt = (
-                select(
-                    key.label("tb"),
-                    *dim_cols,
-                    *[func.sum(cols[c]) for c in (*_SCALAR_NAMES, *latency_bucket_columns)],
-                )
-                .where(
-                    or_(*[and_(t >= lo, t < hi) for lo, hi in spans]),
-                    *_filter_clauses(cols, filters, cols.model),
-                )
-                .group_by(key, *dim_cols)
-            )
-            for row in await conn.execute(stmt):
-                idx = int(row[0]) if n <= _CASE_BUCKET_LIMIT else bisect.bisect_right(bounds, int(row[0])) - 1
-                _accumulate(out[min(max(idx, 0), n - 1)], row[1:], ndims)
-        raw = _merge_spans([s for p in plans for s in p.raw])
-        if raw:
-            e = usage_events.c
-            width = _slot_width(bounds)
-            slot = e.ts_ms.op("/")(literal_column(str(width)))
-            event_dims = [_event_dim(d) for d in dims]
-            stmt = (
-                select(slot.label("slot"), *event_dims, *_event_metric_columns())
-                .where(
-                    or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in raw]),
-                    *_filter_clauses(e, filters, _served_model()),
-                )
-                .group_by(slot, *event_dims)
-            )
-            for row in await conn.execute(stmt):
-                at = max(int(row[0]) * width, bounds[0])
-                idx = bisect.bisect_right(bounds, at) - 1
-                _accumulate(out[min(max(idx, 0), n - 1)], row[1:], ndims)
+            at = max(int(row[0]) * width, bounds[0]) if sign > 0 else int(row[0]) * width
+            _add(out[slot_index(at)], tuple(row[1 : 1 + ndims]), row[1 + ndims :], names, sign)
+    for slot_map in out:
+        for k in [k for k, m in slot_map.items() if m.requests == 0]:
+            del slot_map[k]
     return out
 
 
@@ -575,3 +719,84 @@ async def models_in_use(db: Database) -> list[tuple[str, str]]:
     stmt = select(d.model, d.provider).group_by(d.model, d.provider)
     async with db.connect() as conn:
         return [(str(m), str(p)) for m, p in await conn.execute(stmt)]
+
+
+async def breakdowns(
+    conn: AsyncConnection,
+    start_ms: int,
+    end_ms: int,
+    filters: Filters = Filters(),
+    dims: Sequence[str] = ("account_id", "api_key_id", "model", "endpoint"),
+) -> tuple[Metrics, dict[str, dict[Any, Metrics]]]:
+    """Totals and one breakdown per dimension over [start, end).
+
+    Without dimension filters (status may be set) one scan of the per-dimension rollups
+    answers everything; otherwise the full-key rollups grouped by all dims are split.
+    """
+    totals = Metrics()
+    by: dict[str, dict[Any, Metrics]] = {d: {} for d in dims}
+    if end_ms <= start_ms:
+        return totals, by
+
+    def add(key_dims: Sequence[Any], vals: Sequence[Any], names: Sequence[str], sign: int) -> None:
+        _add(holder, (), vals, names, sign)
+        for d, value in zip(dims, key_dims, strict=True):
+            _add(by[d], (value,), vals, names, sign)
+
+    holder: dict[tuple[Any, ...], Metrics] = {(): totals}
+    names = [*_SCALAR_NAMES, *latency_bucket_columns]
+    if single_dimension(filters, ()) != "*":
+        rows = await grouped_metrics(conn, start_ms, end_ms, filters, tuple(dims))
+        for key, m in rows.items():
+            totals.merge(m)
+            for d, value in zip(dims, key, strict=True):
+                slot = by[d].get(value)
+                if slot is None:
+                    slot = by[d][value] = Metrics()
+                slot.merge(m)
+        return totals, by
+    day_spans, hour_spans, positive, negative = _plan_buckets([start_ms, end_ms])
+    for table, time_name, spans in (
+        (usage_daily_dim, "day_ms", day_spans),
+        (usage_hourly_dim, "hour_ms", hour_spans),
+    ):
+        spans = _merge_spans(spans)
+        if not spans:
+            continue
+        cols = table.c
+        t = cols[time_name]
+        stmt = (
+            select(cols.dim, cols.value, *[func.sum(cols[c]) for c in names])
+            .where(
+                or_(*[and_(t >= lo, t < hi) for lo, hi in spans]),
+                cols.dim.in_(["*", *dims]),
+                *_status_clauses(cols, filters),
+            )
+            .group_by(cols.dim, cols.value)
+        )
+        for row in await conn.execute(stmt):
+            dim, value = row[0], row[1]
+            if dim == "*":
+                _add(holder, (), row[2:], names, 1)
+            else:
+                _add(by[dim], (int(value) if dim in _INT_DIMS else value,), row[2:], names, 1)
+    e = usage_events.c
+    event_dims = [_event_dim(d) for d in dims]
+    for spans, sign in ((_merge_spans(positive), 1), (_merge_spans(negative), -1)):
+        if not spans:
+            continue
+        stmt = (
+            select(*event_dims, *_event_sum_columns(names))
+            .where(
+                or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in spans]),
+                *_filter_clauses(e, filters, _served_model()),
+            )
+            .group_by(*event_dims)
+        )
+        for row in await conn.execute(stmt):
+            if row[len(dims)]:
+                add(row[: len(dims)], row[len(dims) :], names, sign)
+    for d in dims:
+        for k in [k for k, m in by[d].items() if m.requests == 0]:
+            del by[d][k]
+    return totals, by

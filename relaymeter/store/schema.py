@@ -199,6 +199,35 @@ def _rollup_table(name: str, time_column: str) -> Table:
 usage_hourly = _rollup_table("usage_hourly", "hour_ms")
 usage_daily = _rollup_table("usage_daily", "day_ms")
 
+
+def _dim_rollup_table(name: str, time_column: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column(time_column, BigInteger, nullable=False),
+        Column("dim", String(16), nullable=False),
+        Column("value", String(200), nullable=False),
+        Column("failed", Boolean, nullable=False),
+        Column("requests", BigInteger, nullable=False, server_default="0"),
+        Column("failures", BigInteger, nullable=False, server_default="0"),
+        *_tokens(),
+        Column("cost_micros", BigInteger, nullable=False, server_default="0"),
+        Column("latency_sum_ms", BigInteger, nullable=False, server_default="0"),
+        Column("latency_count", BigInteger, nullable=False, server_default="0"),
+        Column("ttft_sum_ms", BigInteger, nullable=False, server_default="0"),
+        Column("ttft_count", BigInteger, nullable=False, server_default="0"),
+        *[Column(c, BigInteger, nullable=False, server_default="0") for c in latency_bucket_columns],
+        UniqueConstraint(time_column, "dim", "value", "failed"),
+    )
+
+
+# Per-dimension rollups (store/dim_rollups.py): the same sums as usage_hourly / usage_daily,
+# but keyed by ONE dimension at a time (dim = '*' for all, account_id, api_key_id, model,
+# endpoint, provider or source; value = that dimension's value as text). Totals and
+# single-dimension breakdowns read these: far fewer rows than the full-key rollups.
+usage_hourly_dim = _dim_rollup_table("usage_hourly_dim", "hour_ms")
+usage_daily_dim = _dim_rollup_table("usage_daily_dim", "day_ms")
+
 # Price rows per model and origin: 'override' (user) > 'synced' > 'snapshot' (shipped).
 model_prices = Table(
     "model_prices",
@@ -334,8 +363,10 @@ __all__ = [
     "quota_snapshots",
     "settings",
     "usage_daily",
+    "usage_daily_dim",
     "usage_events",
     "usage_hourly",
+    "usage_hourly_dim",
 ]
 
 ROLLUP_KEY_COLUMNS = (

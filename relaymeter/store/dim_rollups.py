@@ -1,0 +1,86 @@
+"""Per-dimension rollups (usage_hourly_dim / usage_daily_dim), kept in step with usage_hourly.
+
+``apply`` is called by store.events.apply_rollup_rows with the same signed hourly increments
+it writes, in the same transaction, so inserts and repricing keep both exact. Each increment
+is folded into one row per dimension (and '*' for the total), hourly and per UTC day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from operator import add
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relaymeter.domain.windows import DAY_MS
+from relaymeter.store.db import Database
+from relaymeter.store.schema import usage_daily_dim, usage_hourly_dim
+
+ALL = "*"
+DIMS = ("account_id", "api_key_id", "model", "endpoint", "provider", "source")
+KEY_COLUMNS = ("dim", "value", "failed")
+SUM_COLUMNS = tuple(c.name for c in usage_hourly_dim.columns if c.name not in ("hour_ms", *KEY_COLUMNS))
+
+
+def dim_value(dim: str, value: Any) -> str:
+    """How a dimension value is stored in the ``value`` column."""
+    return "" if dim == ALL else str(value)
+
+
+def fold(
+    hourly: Iterable[dict[str, Any]],
+) -> tuple[dict[tuple[Any, ...], list[int]], dict[tuple[Any, ...], list[int]]]:
+    """(hourly, daily) per-dimension sums from full-key hourly increments (pure)."""
+    hours: dict[tuple[Any, ...], list[int]] = {}
+    for row in hourly:
+        vals = [row[c] for c in SUM_COLUMNS]
+        h = row["hour_ms"]
+        failed = bool(row["failed"])
+        for dim in (ALL, *DIMS):
+            key = (h, dim, "" if dim == ALL else str(row[dim]), failed)
+            cur = hours.get(key)
+            hours[key] = vals if cur is None else list(map(add, cur, vals))
+    days: dict[tuple[Any, ...], list[int]] = {}
+    for (h, dim, value, failed), vals in hours.items():
+        key = (h - h % DAY_MS, dim, value, failed)
+        cur = days.get(key)
+        days[key] = vals if cur is None else list(map(add, cur, vals))
+    return hours, days
+
+
+def _sqlite_upsert(table: str, time_column: str) -> str:
+    cols = [time_column, *KEY_COLUMNS, *SUM_COLUMNS]
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+        f"ON CONFLICT ({time_column}, {', '.join(KEY_COLUMNS)}) DO UPDATE SET "
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS)
+    )
+
+
+_SQLITE_HOURLY = _sqlite_upsert("usage_hourly_dim", "hour_ms")
+_SQLITE_DAILY = _sqlite_upsert("usage_daily_dim", "day_ms")
+
+
+def _records(acc: dict[tuple[Any, ...], list[int]]) -> list[tuple[Any, ...]]:
+    return [(*key, *vals) for key, vals in acc.items()]
+
+
+async def apply(db: Database, conn: AsyncConnection, hourly: Sequence[dict[str, Any]]) -> None:
+    """Add signed full-key hourly increments to the per-dimension rollups (same transaction)."""
+    if not hourly:
+        return
+    hours, days = fold(hourly)
+    if db.is_sqlite:
+        await conn.exec_driver_sql(_SQLITE_HOURLY, _records(hours))
+        await conn.exec_driver_sql(_SQLITE_DAILY, _records(days))
+        return
+    for table, time_column, acc in ((usage_hourly_dim, "hour_ms", hours), (usage_daily_dim, "day_ms", days)):
+        names = (time_column, *KEY_COLUMNS, *SUM_COLUMNS)
+        stmt = pg_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[time_column, *KEY_COLUMNS],
+            set_={c: table.c[c] + stmt.excluded[c] for c in SUM_COLUMNS},
+        )
+        await conn.execute(stmt, [dict(zip(names, rec, strict=True)) for rec in _records(acc)])
