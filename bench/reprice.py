@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -19,18 +20,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from bench.ingest import MODELS, drop_schema, open_db, synthetic_events  # noqa: E402
-from relaymeter.domain.pricing import price_from_usd  # noqa: E402
-from relaymeter.ingest.writer import UsageWriter  # noqa: E402
-from relaymeter.pricing.sync import prepare_pricer  # noqa: E402
-from relaymeter.store import prices as price_store  # noqa: E402
-from relaymeter.store.schema import usage_events, usage_hourly  # noqa: E402
+from bench.ingest import MODELS, drop_schema, open_db, synthetic_events
+from relaymeter.domain.pricing import price_from_usd
+from relaymeter.ingest.writer import UsageWriter
+from relaymeter.pricing.sync import prepare_pricer
+from relaymeter.store import prices as price_store
+from relaymeter.store.schema import usage_events, usage_hourly
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--batch", type=int, default=5000, help="events per reprice transaction")
@@ -45,24 +48,24 @@ async def main() -> None:
             writer.start()
             t0 = time.perf_counter()
             for start in range(0, len(events), 50_000):
-                for ev in events[start : start + 50_000]:
-                    writer.submit(ev)
-                while writer.depth > 100_000:
-                    await asyncio.sleep(0.01)
+                await writer.write(events[start : start + 50_000])
             await writer.close()
-            print(f"loaded {writer.stats.written:,} priced events in {time.perf_counter() - t0:.1f} s (not counted)")
+            print(
+                f"loaded {writer.stats.written:,} priced events in {time.perf_counter() - t0:.1f} s (not counted)"
+            )
             del events
 
             for _provider, model in MODELS:  # every stored cost changes
                 await price_store.set_override(db, model, "", price_from_usd(input="3.3", output="16.5"))
             pricer = await price_store.load_pricer(db)
 
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             stats = await price_store.reprice(db, pricer, batch_size=args.batch)
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             print(
                 f"reprice ({args.db}): {stats.scanned:,} events ({stats.changed:,} changed) in {elapsed:.1f} s "
-                f"= {stats.scanned / elapsed:,.0f} events/s (batch {args.batch})"
+                f"= {stats.scanned / elapsed:,.0f} events/s (batch {args.batch}; "
+                f"this process used {cpu:.1f} s CPU incl. the SQLite thread; load average {os.getloadavg()[0]:.1f})"
             )
             async with db.connect() as conn:
                 rolled = (await conn.execute(select(func.sum(usage_hourly.c.cost_micros)))).scalar_one()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from relaymeter.domain.buckets import BucketGrid, grid
+from relaymeter.domain.latency import LATENCY_BUCKET_COUNT, quantile
 from relaymeter.domain.redact import redact, redact_text
 from relaymeter.domain.windows import (
     DAY_MS,
@@ -111,19 +113,119 @@ def filters_out(filters: Filters) -> dict[str, Any]:
 async def summary(
     db: Database, rng: TimeRange, filters: Filters, *, top: int | None = None
 ) -> dict[str, Any]:
-    data = await queries.summary(db, rng.start_ms, rng.end_ms, filters, top=top)
-    data.pop("start_ms", None)
-    data.pop("end_ms", None)
-    return {"range": range_out(rng), "filters": filters_out(filters), **data}
+    """Totals and breakdowns by account, API key, model and endpoint (queries.summary's shape)."""
+    async with db.connect() as conn:
+        totals, by = await queries.breakdowns(conn, rng.start_ms, rng.end_ms, filters)
+    account_names = await queries.dimension_names(db, "account_id", list(by["account_id"]))
+    key_names = await queries.dimension_names(db, "api_key_id", list(by["api_key_id"]))
+
+    def ordered(items: dict[Any, Metrics]) -> list[tuple[Any, Metrics]]:
+        result = sorted(items.items(), key=lambda kv: (-kv[1].requests, -kv[1].total_tokens, str(kv[0])))
+        return result[:top] if top else result
+
+    return {
+        "range": range_out(rng),
+        "filters": filters_out(filters),
+        "totals": totals.to_dict(),
+        "by_account": [
+            {
+                "account_id": k,
+                "name": (account_names.get(k) or {}).get("name") or ("(none)" if not k else f"account {k}"),
+                "provider": (account_names.get(k) or {}).get("provider", ""),
+                **m.to_dict(),
+            }
+            for k, m in ordered(by["account_id"])
+        ],
+        "by_api_key": [
+            {
+                "api_key_id": k,
+                "name": (key_names.get(k) or {}).get("name") or ("(none)" if not k else f"key {k}"),
+                "prefix": (key_names.get(k) or {}).get("prefix", ""),
+                **m.to_dict(),
+            }
+            for k, m in ordered(by["api_key_id"])
+        ],
+        "by_model": [{"model": k, **m.to_dict()} for k, m in ordered(by["model"])],
+        "by_endpoint": [{"endpoint": k, **m.to_dict()} for k, m in ordered(by["endpoint"])],
+    }
 
 
 # --- time series -----------------------------------------------------------------------------
 
 
-def metric_value(m: Metrics, name: str) -> Any:
-    if name in ("requests", "failures", "cost_micros", *queries.TOKEN_COLUMNS):
-        return getattr(m, name)
-    return m.to_dict()[name]
+_METRIC_COLUMNS = {
+    "requests": ("requests",),
+    "failures": ("requests", "failures"),
+    "successes": ("requests", "failures"),
+    "success_rate": ("requests", "failures"),
+    "cost_micros": ("cost_micros",),
+    "cost_usd": ("cost_micros",),
+    "avg_latency_ms": ("latency_sum_ms", "latency_count"),
+    "p50_latency_ms": ("latency_buckets",),
+    "p95_latency_ms": ("latency_buckets",),
+    "avg_ttft_ms": ("ttft_sum_ms", "ttft_count"),
+}
+
+
+def metric_columns(metrics: Sequence[str]) -> list[str]:
+    """The stored sums the given metrics are computed from."""
+    out: list[str] = []
+    for name in metrics:
+        for col in _METRIC_COLUMNS.get(name, (name,)):
+            if col not in out:
+                out.append(col)
+    return out
+
+
+_FILTER_ATTRS = {
+    "account_id": "account_ids",
+    "api_key_id": "api_key_ids",
+    "model": "models",
+    "provider": "providers",
+    "endpoint": "endpoints",
+    "source": "sources",
+}
+
+
+def narrow(filters: Filters, dim: str, values: Sequence[Any]) -> Filters:
+    """The filters restricted to the given values of one dimension (intersected with its own)."""
+    attr = _FILTER_ATTRS[dim]
+    current = getattr(filters, attr)
+    chosen = tuple(v for v in values if not current or v in current)
+    fields: dict[str, Any] = {f.name: getattr(filters, f.name) for f in dataclasses.fields(filters)}
+    fields[attr] = chosen
+    return Filters(**fields)
+
+
+class SumReader:
+    """Metric values from a list of sums in ``columns`` order (as queries.timeseries_sums gives)."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.at = {name: i for i, name in enumerate(columns)}
+        self.lat0 = self.at.get("lat_b0")
+
+    def __call__(self, vals: Sequence[int], name: str) -> Any:
+        at = self.at
+        if name in at:
+            return vals[at[name]]
+        requests = vals[at["requests"]]
+        if name == "successes":
+            return requests - vals[at["failures"]]
+        if name == "success_rate":
+            return (requests - vals[at["failures"]]) / requests if requests else None
+        if name == "cost_usd":
+            return vals[at["cost_micros"]] / 1_000_000
+        if name == "avg_latency_ms":
+            count = vals[at["latency_count"]]
+            return vals[at["latency_sum_ms"]] / count if count else None
+        if name == "avg_ttft_ms":
+            count = vals[at["ttft_count"]]
+            return vals[at["ttft_sum_ms"]] / count if count else None
+        if name in ("p50_latency_ms", "p95_latency_ms") and self.lat0 is not None:
+            return quantile(
+                vals[self.lat0 : self.lat0 + LATENCY_BUCKET_COUNT], 0.5 if name.startswith("p50") else 0.95
+            )
+        raise KeyError(name)
 
 
 def _series_name(group: str | None, key: Any, names: Mapping[Any, dict[str, Any]]) -> str:
@@ -153,45 +255,58 @@ async def timeseries(
     tz = zone(rng.tz)
     g: BucketGrid = grid(rng.start_ms, rng.end_ms, bucket, tz)
     dim = GROUPS[group_by] if group_by else None
-    per_bucket = await queries.timeseries(db, g.bounds, filters, (dim,) if dim else ())
-    totals: dict[Any, Metrics] = {}
-    for slot in per_bucket:
-        for key, m in slot.items():
-            k = key[0] if dim else None
-            acc = totals.get(k)
-            if acc is None:
-                acc = totals[k] = Metrics()
-            acc.merge(m)
+    wanted = metric_columns(metrics)
     rank_metric = metrics[0] if metrics else "requests"
-
-    def rank(item: tuple[Any, Metrics]) -> tuple[float, str]:
-        value = metric_value(item[1], rank_metric)
-        return (-(value or 0), str(item[0]))
-
-    ordered = sorted(totals.items(), key=rank)
-    keep = [k for k, _ in ordered[:top]] if dim else [None]
-    folded = {k for k, _ in ordered[top:]} if dim else set()
+    if dim is None:
+        columns, per_bucket = await queries.timeseries_sums(db, g.bounds, filters, (), wanted)
+        value = SumReader(columns)
+        keep: list[Any] = [None]
+        folded: set[Any] = set()
+    else:
+        # Rank the groups over the whole range, then read per-bucket values only for the top
+        # ones; "other" is everything minus them (a few hundred rows instead of groups x buckets).
+        columns, (by_group,) = await queries.timeseries_sums(
+            db, [rng.start_ms, rng.end_ms], filters, (dim,), wanted
+        )
+        value = SumReader(columns)
+        ordered = sorted(by_group.items(), key=lambda kv: (-(value(kv[1], rank_metric) or 0), str(kv[0][0])))
+        keep = [k[0] for k, _ in ordered[:top]]
+        folded = {k[0] for k, _ in ordered[top:]}
+        per_bucket = [{} for _ in range(len(g))]
+        if keep:
+            _cols, per_bucket = await queries.timeseries_sums(
+                db, g.bounds, narrow(filters, dim, keep), (dim,), wanted
+            )
+        if folded:
+            _cols, everything = await queries.timeseries_sums(db, g.bounds, filters, (), wanted)
+            for i, slot in enumerate(everything):
+                rest = slot.get(())
+                if rest is None:
+                    continue
+                for k in keep:
+                    vals = per_bucket[i].get((k,))
+                    if vals is not None:
+                        rest = [a - b for a, b in zip(rest, vals, strict=True)]
+                per_bucket[i][(OTHER_KEY,)] = rest
+    width = len(columns)
     names = await queries.dimension_names(db, dim, keep) if dim in ("account_id", "api_key_id") else {}
 
     series_keys: list[Any] = list(keep) + ([OTHER_KEY] if folded else [])
-    columns: dict[Any, list[Metrics]] = {k: [Metrics() for _ in range(len(g))] for k in series_keys}
+    cells: dict[Any, list[list[int]]] = {k: [[0] * width for _ in range(len(g))] for k in series_keys}
     for i, slot in enumerate(per_bucket):
-        for key, m in slot.items():
-            k = key[0] if dim else None
-            target = OTHER_KEY if k in folded else k
-            if target in columns:
-                columns[target][i].merge(m)
+        for key, vals in slot.items():
+            target = cells.get(key[0] if dim else None)
+            if target is not None:
+                target[i] = [a + b for a, b in zip(target[i], vals, strict=True)]
     series = []
     for k in series_keys:
-        total = Metrics()
-        for m in columns[k]:
-            total.merge(m)
+        total = [sum(col) for col in zip(*cells[k], strict=True)] if cells[k] else [0] * width
         series.append(
             {
                 "key": k,
                 "name": _series_name(group_by, k, names),
-                "values": {name: [metric_value(m, name) for m in columns[k]] for name in metrics},
-                "totals": {name: metric_value(total, name) for name in metrics},
+                "values": {name: [value(c, name) for c in cells[k]] for name in metrics},
+                "totals": {name: value(total, name) for name in metrics},
             }
         )
     return {
@@ -393,16 +508,28 @@ async def keys_usage(
     current = now if now is not None else now_ms()
     p = periods(current, tz, week_start)
     keys = await keys_store.list_keys(db, origin=origin)
-    usage = await queries.metrics_by(db, {"day": p.day, "week": p.week, "month": p.month}, "api_key_id")
+    usage = await queries.metrics_by(
+        db,
+        {"day": p.day, "week": p.week, "month": p.month},
+        "api_key_id",
+        columns=("requests", "failures", "input_tokens", "output_tokens", "total_tokens", "cost_micros"),
+    )
     with_total = [k["id"] for k in keys if k.get("total_limit_micros") is not None]
     totals = await queries.all_time_cost(db, "api_key_id", with_total)
     live = _by_id(gateway_snapshot(services).get("api_keys", {}))
+    key_view = getattr(services.get("gateway"), "key_usage", None)
     items = []
     for k in keys:
         kid = k["id"]
         total_limit = k.get("total_limit_micros")
         spent_total = totals.get(kid, 0) if total_limit is not None else None
         entry = live.get(kid, {})
+        if not entry and callable(key_view) and k.get("origin") == "gateway":
+            try:
+                view = key_view(kid)
+            except Exception:  # live counters are optional; the stored usage still answers
+                view = None
+            entry = view if isinstance(view, dict) else {}
         items.append(
             {
                 "api_key_id": kid,
@@ -417,6 +544,8 @@ async def keys_usage(
                 "tpm": k.get("tpm") or 0,
                 "max_concurrency": k.get("max_concurrency") or 0,
                 "concurrency_in_use": _first_int(entry, "in_flight", "inflight", "current", "active"),
+                "rpm_used": entry.get("rpm_used") if isinstance(entry.get("rpm_used"), int | float) else None,
+                "tpm_used": entry.get("tpm_used") if isinstance(entry.get("tpm_used"), int | float) else None,
                 "today": _period_usage(
                     usage["day"].get(kid), p.day[0], p.resets["day"], k.get("daily_limit_micros")
                 ),
@@ -461,7 +590,21 @@ async def accounts_load(
     current = now if now is not None else now_ms()
     day = (start_of_day_ms(current, tz), current + 1)
     rows = await accounts_store.list_accounts(db, origin=origin)
-    usage = (await queries.metrics_by(db, {"day": day}, "account_id"))["day"]
+    usage = (
+        await queries.metrics_by(
+            db,
+            {"day": day},
+            "account_id",
+            columns=(
+                "requests",
+                "failures",
+                "total_tokens",
+                "cost_micros",
+                "latency_sum_ms",
+                "latency_count",
+            ),
+        )
+    )["day"]
     snapshot = gateway_snapshot(services)
     live = _by_id(snapshot.get("accounts", {}))
     all_requests = sum(m.requests for k, m in usage.items() if k) or 0
@@ -476,7 +619,8 @@ async def accounts_load(
             "tokens": _cap(m.total_tokens, a.get("daily_token_cap")),
             "cost_micros": _cap(m.cost_micros, a.get("daily_cost_cap_micros")),
         }
-        current_conc = _first_int(entry, "in_flight", "inflight", "current", "active", "concurrency")
+        # in_flight_shared counts every gateway instance (Redis); in_flight only this one.
+        current_conc = _first_int(entry, "in_flight_shared", "in_flight", "inflight", "current", "active")
         max_conc = _first_int(entry, "max_concurrency", "max") or a.get("max_concurrency") or 0
         ratios = [c["ratio"] for c in caps.values() if c["ratio"] is not None]
         if current_conc is not None and max_conc:
@@ -513,6 +657,8 @@ async def accounts_load(
                 "idle": (load_rate < IDLE) if load_rate is not None else m.requests == 0,
                 "share_of_requests": (m.requests / all_requests) if all_requests else None,
                 "concurrency": {"current": current_conc, "max": max_conc or None},
+                "available": entry["available"] if isinstance(entry.get("available"), bool) else None,
+                "unavailable_reason": entry.get("unavailable_reason") if entry else None,
             }
         )
     healthy = sum(1 for i in items if i["enabled"] and i["health"] == "ok")
@@ -572,14 +718,9 @@ async def overview(
     hourly = await queries.timeseries(db, hours.bounds)
 
     async with db.connect() as conn:
-        grouped = await queries.grouped_metrics(conn, day0, current + 1, Filters(), ("api_key_id", "model"))
-    totals = Metrics()
-    by_key: dict[int, Metrics] = {}
-    by_model: dict[str, Metrics] = {}
-    for (key_id, model), m in grouped.items():
-        totals.merge(m)
-        by_key.setdefault(int(key_id), Metrics()).merge(m)
-        by_model.setdefault(str(model), Metrics()).merge(m)
+        totals, by = await queries.breakdowns(conn, day0, current + 1, Filters(), ("api_key_id", "model"))
+    by_key: dict[int, Metrics] = {int(k): m for k, m in by["api_key_id"].items()}
+    by_model: dict[str, Metrics] = {str(k): m for k, m in by["model"].items()}
     key_rank = sorted(
         ((k, m) for k, m in by_key.items() if k), key=lambda kv: (-kv[1].cost_micros, -kv[1].requests)
     )

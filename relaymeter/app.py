@@ -13,17 +13,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from relaymeter import __version__
-from relaymeter.api import admin_misc
-from relaymeter.api import collector as collector_api
-from relaymeter.api import usage_io as usage_io_api
+from relaymeter.api import accounts as accounts_api
+from relaymeter.api import admin_misc, auth, cpa_panel, health, prices
 from relaymeter.api import analytics as analytics_api
-from relaymeter.api import auth, health, prices
-from relaymeter.api import quota as quota_api
-from relaymeter.api import cpa_panel
+from relaymeter.api import collector as collector_api
+from relaymeter.api import keys as keys_api
 from relaymeter.api import metrics as metrics_api
 from relaymeter.api import openapi as openapi_doc
-from relaymeter.api import accounts as accounts_api
-from relaymeter.api import keys as keys_api
+from relaymeter.api import quota as quota_api
+from relaymeter.api import usage_io as usage_io_api
 from relaymeter.api.errors import install_error_handlers
 from relaymeter.api.jsonresponse import FastJSONResponse
 from relaymeter.config import Settings, load_settings

@@ -63,7 +63,9 @@ class Settings(BaseSettings):
 
     upstream_timeout_s: float = Field(600.0, gt=0)
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
-    redis_prefix: str = Field("relaymeter", min_length=1, description="key prefix of shared counters in Redis")
+    redis_prefix: str = Field(
+        "relaymeter", min_length=1, description="key prefix of shared counters in Redis"
+    )
     gateway_enabled: bool = Field(True, description="serve /v1/* relay routes")
     gateway_http_client: Literal["aiohttp", "httpx"] = Field("aiohttp", description="upstream HTTP client")
     gateway_max_attempts: int = Field(3, ge=1, le=10, description="accounts tried per request (failover)")

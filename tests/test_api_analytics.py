@@ -42,6 +42,9 @@ class FakeGateway:
     def snapshot(self) -> dict[str, Any]:
         return self.state
 
+    def key_usage(self, key_id: int) -> dict[str, Any]:
+        return {"in_flight": 0, "rpm_used": 4.0, "tpm_used": 900.0}
+
 
 @pytest.fixture
 async def api(
@@ -240,8 +243,10 @@ async def test_keys_usage_calendar_periods(api: tuple[httpx.AsyncClient, Databas
         events.append(ev)
     await seed(db, events)
     fake = FakeGateway()
-    fake.state["api_keys"] = {key_id: {"in_flight": 2}}
     state.services["gateway"] = fake
+    live = (await client.get("/api/keys/usage")).json()["items"][0]
+    assert (live["concurrency_in_use"], live["rpm_used"], live["tpm_used"]) == (0, 4.0, 900.0)
+    fake.state["api_keys"] = {key_id: {"in_flight": 2}}
     res = await client.get("/api/keys/usage")
     assert res.status_code == 200, res.text
     item = next(i for i in res.json()["items"] if i["api_key_id"] == key_id)
@@ -298,7 +303,16 @@ async def test_accounts_load_flags(api: tuple[httpx.AsyncClient, Database, Any])
         events.append(ev)
     await seed(db, events)
     fake = FakeGateway()
-    fake.state["accounts"] = [{"account_id": busy, "in_flight": 1, "health": "cooldown"}]
+    fake.state["accounts"] = [
+        {
+            "id": busy,
+            "in_flight": 0,
+            "in_flight_shared": 1,
+            "health": "cooldown",
+            "available": False,
+            "unavailable_reason": "cooling down after 429",
+        }
+    ]
     state.services["gateway"] = fake
     body = (await client.get("/api/accounts/load")).json()
     items = {i["account_id"]: i for i in body["items"]}
@@ -311,6 +325,8 @@ async def test_accounts_load_flags(api: tuple[httpx.AsyncClient, Database, Any])
     }
     assert b["load_rate"] == 0.8 and not b["overloaded"] and not b["idle"]
     assert b["concurrency"] == {"current": 1, "max": 4} and b["health"] == "cooldown"
+    assert b["available"] is False and b["unavailable_reason"] == "cooling down after 429"
+    assert c["available"] is None
     assert c["caps"]["tokens"]["used"] == 150 and c["load_rate"] == 150 / 1_000_000 and c["idle"]
     assert n["load_rate"] is None and n["idle"] and not n["overloaded"]
     assert b["share_of_requests"] == 8 / 9
@@ -351,7 +367,7 @@ async def test_overview_one_call(seeded: tuple[httpx.AsyncClient, list[dict[str,
     assert sum(m["total_tokens"] for m in body["tokens_by_model"]) == k["tokens_today"]
     assert len(body["recent_requests"]) == 10
     assert body["recent_requests"][0]["ts_ms"] == max(r["ts_ms"] for r in rows)
-    assert [p["start_ms"] for p in body["hourly_today"]][0] == start
+    assert body["hourly_today"][0]["start_ms"] == start
 
 
 async def test_auth_required_and_public_health(api: tuple[httpx.AsyncClient, Database, Any]) -> None:

@@ -419,8 +419,9 @@ async def test_several_cpas_run_side_by_side_and_a_dead_one_does_not_stall(
             async def stored(n: int) -> bool:
                 return await count(sqlite_db) >= n
 
-            await wait_until(lambda: stored(70))
+            await wait_until(lambda: status()["a"]["inserted_total"] + status()["b"]["inserted_total"] == 70)
             await wait_until(lambda: status()["dead"]["errors_total"] > 0)
+            assert await stored(70)
             statuses = status()
             assert statuses["a"]["inserted_total"] == 30 and statuses["b"]["inserted_total"] == 40
             assert statuses["dead"]["state"] == "backoff"
@@ -480,3 +481,26 @@ async def test_management_client_endpoints() -> None:
         fake.http_queue = False
         async with ManagementClient(fake.url, "mgmt-secret") as cpa:
             assert await cpa.probe_usage_queue() is False
+
+
+async def test_saved_connection_gives_a_management_client(sqlite_db: Database, tmp_path: Path) -> None:
+    from relaymeter.ingest.cliproxy import connections as conn_admin
+
+    async with FakeCPA() as fake, app_state(sqlite_db, tmp_path) as state:
+        row, check = await conn_admin.add_connection(
+            state, {"name": "main", "base_url": fake.url + "/", "management_key": "mgmt-secret"}
+        )
+        assert check is not None and check.ok and row.base_url == fake.url
+        assert "mgmt-secret" not in row.management_key_enc
+        async with await conn_admin.management_client(state, name="main") as cpa:
+            assert (await cpa.get_config())["usage-statistics-enabled"] is True
+        with pytest.raises(conn_admin.ConnectionConflict):
+            await conn_admin.add_connection(
+                state, {"name": "copy", "base_url": fake.url, "management_key": "k"}, check=False
+            )
+        with pytest.raises(conn_admin.ConnectionInvalid, match="name"):
+            await conn_admin.add_connection(
+                state,
+                {"name": "bad name!", "base_url": "http://127.0.0.1:1", "management_key": "k"},
+                check=False,
+            )

@@ -109,7 +109,7 @@ def test_kill_9_between_pop_and_insert_loses_nothing(tmp_path: Path) -> None:
         done = _cli(tmp_path, "collect", "--once", "--json")
         assert done.returncode == 0, done.stderr
         status = json.loads(done.stdout)[0]
-        assert (status["replayed_total"], status["consumed_total"]) == (300, 700)
+        assert (status["replayed_total"], status["consumed_total"]) == (300, 700), done.stdout + done.stderr
         assert _counts(tmp_path) == (1000, 1000, 0)
 
         # 2. Killed after the events were stored but before their batch left the spool.
@@ -123,7 +123,7 @@ def test_kill_9_between_pop_and_insert_loses_nothing(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         status = json.loads(done.stdout)[0]
         replay = (status["replayed_total"], status["duplicates_total"], status["inserted_total"])
-        assert replay == (300, 300, 0)
+        assert replay == (300, 300, 0), done.stdout + done.stderr
         assert _counts(tmp_path) == (1300, 1300, 0)
         assert thread.call(lambda: fake.popped_total) == 1300
     finally:

@@ -315,6 +315,23 @@ async def test_bad_lines_are_reported_with_line_numbers_and_dead_lettered(
         assert result.dead_lettered == 3
 
 
+async def test_jsonl_with_broken_first_lines_and_files_that_are_not_usage(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    good = [orjson.dumps(r).decode() for r in varied_records(4)]
+    broken = tmp_path / "broken-start.jsonl"
+    broken.write_text("\n".join(['{"timestamp": 1', '{"model": ', *good]))
+    csv = tmp_path / "usage.csv"
+    csv.write_text("timestamp,model,tokens\n2026-11-20,gpt-5,100\n")
+    async with app_state(sqlite_db, tmp_path) as state:
+        result = await files.import_file(sqlite_db, state.writer, broken)
+        assert (result.added, result.failed, result.error) == (4, 2, None)
+        assert [f["line"] for f in result.failures] == ["line 1", "line 2"]
+        result = await files.import_file(sqlite_db, state.writer, csv)
+        assert (result.added, result.failed) == (0, 2)
+        assert result.error is not None and "nothing in this file could be imported" in result.error
+
+
 async def test_gzip_and_json_array_files(sqlite_db: Database, tmp_path: Path) -> None:
     records = varied_records(40)
     gz = tmp_path / "records.jsonl.gz"
@@ -369,6 +386,9 @@ async def test_import_and_export_over_the_api(app_client: httpx.AsyncClient, tmp
     assert "attachment" in res.headers["content-disposition"]
     exported = [orjson.loads(line) for line in res.content.splitlines()]
     assert len(exported) == 120 and {r["source"] for r in exported} == {"cpa:old"}
+    assert all(r["raw_json"] for r in exported)
+    res = await app_client.get("/api/usage/export", params={"raw": "false"})
+    assert all(orjson.loads(line)["raw_json"] is None for line in res.content.splitlines())
 
     res = await app_client.get(
         "/api/usage/export",
@@ -428,6 +448,10 @@ def test_cli_import_export(cli_env: Path) -> None:
     )
     assert res.exit_code == 0
     assert len(res.stdout.splitlines()) == 10
+
+    res = runner.invoke(cli_app, ["export", "--no-raw", "--model", "gemini-2.5-pro"])
+    slim = [orjson.loads(line) for line in res.stdout.splitlines()]
+    assert len(slim) == 66 and all(r["raw_json"] is None for r in slim)
 
     res = runner.invoke(cli_app, ["export", "--status", "maybe"])
     assert res.exit_code == 1

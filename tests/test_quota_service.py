@@ -212,6 +212,9 @@ async def test_forced_refresh_cooldown(env: Env) -> None:
         "status"
     ] == "ok"
     assert env.fake.usage_calls[CLAUDE_PATH] == 2
+    forced = (await env.client.get("/api/quota", params={"force": 1})).json()
+    assert forced["refresh_report"]["results"][0]["status"] == "skipped"
+    assert forced["accounts"][0]["next_refresh_allowed_in_s"] == 300
 
 
 async def test_single_flight_under_twenty_concurrent_forced_refreshes(env: Env) -> None:

@@ -96,6 +96,9 @@ describe('percent, integer, duration, countdown', () => {
     [125_000, '2m 05s'],
     [3_720_000, '1h 02m'],
     [273_600_000, '3d 4h'],
+    [300_000, '5m'],
+    [7_200_000, '2h'],
+    [172_800_000, '2d'],
   ])('duration %d -> %s', (ms, text) => {
     expect(duration(ms)).toBe(text)
   })

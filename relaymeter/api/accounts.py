@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from relaymeter.api.auth import AdminDep, client_ip
 from relaymeter.api.errors import ApiError
+from relaymeter.api.params import RowId
 from relaymeter.gateway import admin
 from relaymeter.state import get_state
 from relaymeter.store import accounts as account_store
@@ -51,7 +52,7 @@ async def list_accounts(
 
 
 @router.get("/{account_id:int}")
-async def get_account(request: Request, account_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def get_account(request: Request, account_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     state = get_state(request)
     row = await admin_call(admin.get_gateway_account(state, account_id))
     return admin.account_view(row, state.box, _runtime(request).get(account_id))
@@ -77,7 +78,7 @@ async def create_account(
 
 @router.patch("/{account_id:int}")
 async def update_account(
-    request: Request, account_id: int, body: admin.AccountUpdate, actor: str = AdminDep
+    request: Request, account_id: RowId, body: admin.AccountUpdate, actor: str = AdminDep
 ) -> dict[str, Any]:
     state = get_state(request)
     view = await admin_call(admin.update_account(state, account_id, body))
@@ -93,7 +94,7 @@ async def update_account(
 
 
 @router.post("/{account_id:int}/enable")
-async def enable_account(request: Request, account_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def enable_account(request: Request, account_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     state = get_state(request)
     view = await admin_call(admin.set_account_enabled(state, account_id, True))
     await audit.record(
@@ -103,7 +104,7 @@ async def enable_account(request: Request, account_id: int, actor: str = AdminDe
 
 
 @router.post("/{account_id:int}/disable")
-async def disable_account(request: Request, account_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def disable_account(request: Request, account_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     """Disable by hand (disabled_by='user': automatic checks never re-enable it)."""
     state = get_state(request)
     view = await admin_call(admin.set_account_enabled(state, account_id, False))
@@ -114,7 +115,7 @@ async def disable_account(request: Request, account_id: int, actor: str = AdminD
 
 
 @router.delete("/{account_id:int}", status_code=204)
-async def delete_account(request: Request, account_id: int, actor: str = AdminDep) -> Response:
+async def delete_account(request: Request, account_id: RowId, actor: str = AdminDep) -> Response:
     state = get_state(request)
     await admin_call(admin.delete_account(state, account_id))
     await audit.record(
@@ -124,7 +125,7 @@ async def delete_account(request: Request, account_id: int, actor: str = AdminDe
 
 
 @router.post("/{account_id:int}/test")
-async def test_account(request: Request, account_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def test_account(request: Request, account_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     """Probe the account with a free request; a rejected credential marks it unhealthy."""
     return await admin_call(admin.test_account(get_state(request), account_id))
 

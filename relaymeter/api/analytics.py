@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from relaymeter import __version__, analytics
 from relaymeter.api.auth import AdminDep
 from relaymeter.api.errors import ApiError
+from relaymeter.api.jsonresponse import FastJSONResponse
 from relaymeter.domain.buckets import BUCKETS, default_bucket
 from relaymeter.domain.windows import RANGE_NAMES, RangeError, TimeRange, parse_time_ms, resolve_range, zone
 from relaymeter.state import AppState, get_state
@@ -222,6 +223,10 @@ class KeyUsageItem(BaseModel):
     tpm: int
     max_concurrency: int
     concurrency_in_use: int | None = Field(description="live value from the gateway; null when unknown")
+    rpm_used: float | None = Field(
+        description="requests in the last minute (gateway, live); null when unknown"
+    )
+    tpm_used: float | None = Field(description="tokens in the last minute (gateway, live); null when unknown")
     today: PeriodUsage
     week: PeriodUsage
     month: PeriodUsage
@@ -286,6 +291,10 @@ class AccountLoadItem(BaseModel):
     idle: bool = Field(description="load_rate < 0.2, or no request today when load_rate is null")
     share_of_requests: float | None = Field(description="this account's part of today's requests")
     concurrency: Concurrency
+    available: bool | None = Field(
+        description="the gateway can pick this account now; null without a gateway"
+    )
+    unavailable_reason: str | None = Field(description="why the gateway cannot pick it (cooldown, cap, ...)")
 
 
 class LoadTotals(BaseModel):
@@ -532,19 +541,19 @@ async def api_health(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/summary", response_model=SummaryOut)
+@router.get("/summary", response_model=None, responses={200: {"model": SummaryOut}})
 async def get_summary(
     request: Request,
     rng: TimeRange = Depends(range_dep),
     filters: Filters = Depends(filters_dep),
     top: int | None = Query(None, ge=1, le=1000, description="rows per breakdown (default: all)"),
     _actor: str = AdminDep,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     """Totals and breakdowns by account, API key, model and endpoint for a range."""
-    return await analytics.summary(get_state(request).db, rng, filters, top=top)
+    return FastJSONResponse(await analytics.summary(get_state(request).db, rng, filters, top=top))
 
 
-@router.get("/timeseries", response_model=TimeseriesOut)
+@router.get("/timeseries", response_model=None, responses={200: {"model": TimeseriesOut}})
 async def get_timeseries(
     request: Request,
     rng: TimeRange = Depends(range_dep),
@@ -561,7 +570,7 @@ async def get_timeseries(
     group_by: GroupName | None = Query(None, description="one series per value of this dimension"),
     top: int = Query(10, ge=1, le=50, description="series kept with group_by; the rest is summed as 'other'"),
     _actor: str = AdminDep,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     """Per-bucket values for trend charts, optionally one series per model / account / key / ..."""
     names: list[str] = []
     for raw in _split(metric) or ["requests", "total_tokens", "cost_usd"]:
@@ -575,11 +584,12 @@ async def get_timeseries(
     chosen = bucket or default_bucket(rng.start_ms, rng.end_ms)
     assert chosen in BUCKETS
     try:
-        return await analytics.timeseries(
+        data = await analytics.timeseries(
             get_state(request).db, rng, filters, bucket=chosen, metrics=names, group_by=group_by, top=top
         )
     except RangeError as exc:
         raise bad_param("bucket", str(exc)) from None
+    return FastJSONResponse(data)
 
 
 @router.get("/requests", response_model=RequestsPage)
@@ -621,27 +631,29 @@ async def get_request(
     return item
 
 
-@router.get("/keys/usage", response_model=KeysUsageOut)
+@router.get("/keys/usage", response_model=None, responses={200: {"model": KeysUsageOut}})
 async def keys_usage(
     request: Request,
     origin: Literal["gateway", "observed"] | None = Query(None, description="only gateway or observed keys"),
     tz: str | None = Query(None, max_length=64, description="IANA zone of the calendar periods"),
     _actor: str = AdminDep,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     """Per API key: today / this week / this month spend against its limits, requests, tokens."""
     state = get_state(request)
     tz_name = state_tz(state, tz)
-    return await analytics.keys_usage(
-        state.db,
-        tz=zone(tz_name),
-        tz_name=tz_name,
-        week_start=state.settings.week_start,
-        origin=origin,
-        services=state.services,
+    return FastJSONResponse(
+        await analytics.keys_usage(
+            state.db,
+            tz=zone(tz_name),
+            tz_name=tz_name,
+            week_start=state.settings.week_start,
+            origin=origin,
+            services=state.services,
+        )
     )
 
 
-@router.get("/accounts/load", response_model=AccountsLoadOut)
+@router.get("/accounts/load", response_model=None, responses={200: {"model": AccountsLoadOut}})
 async def accounts_load(
     request: Request,
     origin: str | None = Query(
@@ -649,26 +661,30 @@ async def accounts_load(
     ),
     tz: str | None = Query(None, max_length=64, description="IANA zone of 'today'"),
     _actor: str = AdminDep,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     """Per account: today's use against its daily caps, load rate, flags, concurrency, health."""
     state = get_state(request)
     tz_name = state_tz(state, tz)
-    return await analytics.accounts_load(
-        state.db, tz=zone(tz_name), tz_name=tz_name, origin=origin, services=state.services
+    return FastJSONResponse(
+        await analytics.accounts_load(
+            state.db, tz=zone(tz_name), tz_name=tz_name, origin=origin, services=state.services
+        )
     )
 
 
-@router.get("/overview", response_model=OverviewOut)
+@router.get("/overview", response_model=None, responses={200: {"model": OverviewOut}})
 async def get_overview(
     request: Request,
     tz: str | None = Query(None, max_length=64, description="IANA zone of 'today' and the trend"),
     top: int = Query(5, ge=1, le=50, description="top API keys listed"),
     recent: int = Query(10, ge=0, le=100, description="recent requests listed"),
     _actor: str = AdminDep,
-) -> dict[str, Any]:
+) -> FastJSONResponse:
     """Everything the console's overview page shows, in one call."""
     state = get_state(request)
     tz_name = state_tz(state, tz)
-    return await analytics.overview(
-        state.db, tz=zone(tz_name), tz_name=tz_name, services=state.services, top=top, recent=recent
+    return FastJSONResponse(
+        await analytics.overview(
+            state.db, tz=zone(tz_name), tz_name=tz_name, services=state.services, top=top, recent=recent
+        )
     )

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from relaymeter.api.auth import AdminDep, client_ip
 from relaymeter.api.errors import ApiError
+from relaymeter.api.params import RowId
 from relaymeter.ingest.cliproxy import connections as conn_admin
 from relaymeter.ingest.cliproxy.checks import check_cpa
 from relaymeter.ingest.cliproxy.management import CPAError, ManagementClient
@@ -97,6 +98,19 @@ async def _get_row(state: AppState, connection_id: int) -> CPAConnectionRow:
     return row
 
 
+async def _audit(
+    request: Request, actor: str, action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
+    await audit.record(
+        get_state(request).db,
+        f"cpa_connection.{action}",
+        actor=actor,
+        target=target,
+        detail=detail,
+        client_ip=client_ip(request),
+    )
+
+
 def _translate(exc: Exception) -> ApiError:
     if isinstance(exc, conn_admin.ConnectionInvalid):
         return ApiError(422, "validation_error", str(exc), fields=[{"field": exc.field, "message": str(exc)}])
@@ -164,13 +178,12 @@ async def create_connection(
         )
     except Exception as exc:
         raise _translate(exc) from None
-    await audit.record(
-        state.db,
-        "cpa_connection.create",
-        actor=actor,
-        target=row.name,
-        detail={"base_url": row.base_url, "mode": row.mode, "checked": body.check},
-        client_ip=client_ip(request),
+    await _audit(
+        request,
+        actor,
+        "create",
+        row.name,
+        {"base_url": row.base_url, "mode": row.mode, "checked": body.check},
     )
     view = await _connection_view(state, row, _status_map(state))
     view["check"] = result.to_dict() if result else None
@@ -178,14 +191,14 @@ async def create_connection(
 
 
 @router.get("/connections/{connection_id}")
-async def get_connection(connection_id: int, request: Request, actor: str = AdminDep) -> dict[str, Any]:
+async def get_connection(connection_id: RowId, request: Request, actor: str = AdminDep) -> dict[str, Any]:
     state = get_state(request)
     return await _connection_view(state, await _get_row(state, connection_id), _status_map(state))
 
 
 @router.patch("/connections/{connection_id}")
 async def update_connection(
-    connection_id: int, body: ConnectionUpdate, request: Request, actor: str = AdminDep
+    connection_id: RowId, body: ConnectionUpdate, request: Request, actor: str = AdminDep
 ) -> dict[str, Any]:
     """Change a connection; a running collector restarts it with the new settings."""
     state = get_state(request)
@@ -199,35 +212,26 @@ async def update_connection(
     changed = sorted(k for k in values if k != "management_key") + (
         ["management_key"] if "management_key" in values else []
     )
-    await audit.record(
-        state.db,
-        "cpa_connection.update",
-        actor=actor,
-        target=row.name,
-        detail={"changed": changed},
-        client_ip=client_ip(request),
-    )
+    await _audit(request, actor, "update", row.name, {"changed": changed})
     view = await _connection_view(state, row, _status_map(state))
     view["check"] = result.to_dict() if result else None
     return view
 
 
 @router.delete("/connections/{connection_id}")
-async def delete_connection(connection_id: int, request: Request, actor: str = AdminDep) -> dict[str, Any]:
+async def delete_connection(connection_id: RowId, request: Request, actor: str = AdminDep) -> dict[str, Any]:
     """Remove a connection; records it still had spooled are stored first."""
     state = get_state(request)
     try:
         row, replayed = await conn_admin.remove_connection(state, connection_id)
     except Exception as exc:
         raise _translate(exc) from None
-    await audit.record(
-        state.db, "cpa_connection.delete", actor=actor, target=row.name, client_ip=client_ip(request)
-    )
+    await _audit(request, actor, "delete", row.name)
     return {"deleted": True, "name": row.name, "spooled_records_stored": replayed}
 
 
 @router.post("/connections/{connection_id}/test")
-async def test_connection(connection_id: int, request: Request, actor: str = AdminDep) -> dict[str, Any]:
+async def test_connection(connection_id: RowId, request: Request, actor: str = AdminDep) -> dict[str, Any]:
     """Check URL, key, retention vs poll interval and the queue transport; pops nothing."""
     state = get_state(request)
     row = await _get_row(state, connection_id)
@@ -240,7 +244,7 @@ async def test_connection(connection_id: int, request: Request, actor: str = Adm
 
 
 @router.post("/connections/{connection_id}/restart")
-async def restart_connection(connection_id: int, request: Request, actor: str = AdminDep) -> dict[str, Any]:
+async def restart_connection(connection_id: RowId, request: Request, actor: str = AdminDep) -> dict[str, Any]:
     """Start a connection again (e.g. after fixing a refused key); its lease and spool are kept."""
     state = get_state(request)
     row = await _get_row(state, connection_id)
@@ -252,15 +256,13 @@ async def restart_connection(connection_id: int, request: Request, actor: str = 
     if not row.enabled:
         raise ApiError(409, "disabled", f"connection {row.name!r} is disabled; enable it first")
     await service.restart(connection_id)
-    await audit.record(
-        state.db, "cpa_connection.restart", actor=actor, target=row.name, client_ip=client_ip(request)
-    )
+    await _audit(request, actor, "restart", row.name)
     return {"restarted": True, "status": service.status_of(connection_id)}
 
 
 @router.put("/connections/{connection_id}/publishing")
 async def set_publishing(
-    connection_id: int, body: PublishingBody, request: Request, actor: str = AdminDep
+    connection_id: RowId, body: PublishingBody, request: Request, actor: str = AdminDep
 ) -> dict[str, Any]:
     """Turn CPA's usage publishing (usage-statistics-enabled) on or off."""
     state = get_state(request)
@@ -276,12 +278,5 @@ async def set_publishing(
     except CPAError as exc:
         status = 400 if exc.kind in ("auth_failed", "banned") else 502
         raise ApiError(status, f"cpa_{exc.kind}", str(exc)) from None
-    await audit.record(
-        state.db,
-        "cpa_connection.publishing",
-        actor=actor,
-        target=row.name,
-        detail={"enabled": enabled},
-        client_ip=client_ip(request),
-    )
+    await _audit(request, actor, "publishing", row.name, {"enabled": enabled})
     return {"name": row.name, "publishing_enabled": enabled}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from relaymeter.api.accounts import admin_call as _call
 from relaymeter.api.auth import AdminDep, client_ip
+from relaymeter.api.params import RowId
 from relaymeter.gateway import admin
 from relaymeter.state import get_state
 from relaymeter.store import audit
@@ -36,7 +37,7 @@ async def list_keys(
 
 
 @router.get("/{key_id:int}")
-async def get_key(request: Request, key_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def get_key(request: Request, key_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     state = get_state(request)
     row = await _call(admin.get_key_row(state, key_id))
     return admin.key_view(row, admin.usage_of(state, key_id) if row["origin"] == "gateway" else None)
@@ -60,7 +61,7 @@ async def create_key(request: Request, body: admin.KeyCreate, actor: str = Admin
 
 @router.patch("/{key_id:int}")
 async def update_key(
-    request: Request, key_id: int, body: admin.KeyUpdate, actor: str = AdminDep
+    request: Request, key_id: RowId, body: admin.KeyUpdate, actor: str = AdminDep
 ) -> dict[str, Any]:
     state = get_state(request)
     view = await _call(admin.update_key(state, key_id, body))
@@ -76,7 +77,7 @@ async def update_key(
 
 
 @router.post("/{key_id:int}/enable")
-async def enable_key(request: Request, key_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def enable_key(request: Request, key_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     state = get_state(request)
     view = await _call(admin.set_key_enabled(state, key_id, True))
     await audit.record(
@@ -86,7 +87,7 @@ async def enable_key(request: Request, key_id: int, actor: str = AdminDep) -> di
 
 
 @router.post("/{key_id:int}/disable")
-async def disable_key(request: Request, key_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def disable_key(request: Request, key_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     state = get_state(request)
     view = await _call(admin.set_key_enabled(state, key_id, False))
     await audit.record(
@@ -96,7 +97,7 @@ async def disable_key(request: Request, key_id: int, actor: str = AdminDep) -> d
 
 
 @router.post("/{key_id:int}/revoke")
-async def revoke_key(request: Request, key_id: int, actor: str = AdminDep) -> dict[str, Any]:
+async def revoke_key(request: Request, key_id: RowId, actor: str = AdminDep) -> dict[str, Any]:
     """Revoke for good: the key stops working at once and cannot be re-enabled."""
     state = get_state(request)
     view = await _call(admin.revoke_key(state, key_id))
@@ -107,7 +108,7 @@ async def revoke_key(request: Request, key_id: int, actor: str = AdminDep) -> di
 
 
 @router.delete("/{key_id:int}", status_code=204)
-async def delete_key(request: Request, key_id: int, actor: str = AdminDep) -> Response:
+async def delete_key(request: Request, key_id: RowId, actor: str = AdminDep) -> Response:
     state = get_state(request)
     await _call(admin.delete_key(state, key_id))
     await audit.record(

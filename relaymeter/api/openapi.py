@@ -17,7 +17,10 @@ ERROR_SCHEMA: dict[str, Any] = {
             "required": ["code", "message"],
             "properties": {
                 "code": {"type": "string", "description": "machine-readable reason, e.g. validation_error"},
-                "message": {"type": "string", "description": "what is wrong and what to fix; starts with the field"},
+                "message": {
+                    "type": "string",
+                    "description": "what is wrong and what to fix; starts with the field",
+                },
                 "fields": {
                     "type": "array",
                     "description": "every invalid field (validation errors only)",

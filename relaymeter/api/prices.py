@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
@@ -170,8 +171,6 @@ async def sync_prices(
     request: Request, body: SyncBody | None = None, actor: str = AdminDep
 ) -> dict[str, Any]:
     """Replace the synced prices with LiteLLM's catalogue (from a URL or the JSON in the body)."""
-    import orjson
-
     state = get_state(request)
     body = body or SyncBody()
     try:

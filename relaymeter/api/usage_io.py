@@ -4,7 +4,6 @@ export (GET /api/usage/export) with the same range and filters as the analytics 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -61,16 +60,10 @@ async def import_usage(
             "unsupported_media_type",
             "send the file itself as the request body (e.g. curl --data-binary @usage.jsonl), not a multipart form",
         )
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in request.stream():
-            if chunk:
-                yield chunk
-
     result = await files.import_chunks(
         state.db,
         state.writer,
-        body(),
+        request.stream(),
         name=name,
         source=source,
         keep_raw=state.settings.store_raw_payloads,
@@ -83,7 +76,7 @@ async def import_usage(
         detail={k: v for k, v in result.to_dict().items() if k != "failures"},
         client_ip=client_ip(request),
     )
-    if result.error is not None and not result.records:
+    if result.error is not None and not (result.added or result.skipped):
         raise ApiError(422, "import_refused", result.error, result=result.to_dict())
     return result.to_dict()
 
@@ -97,6 +90,7 @@ async def export_usage(
     request: Request,
     rng: TimeRange | None = Depends(optional_range_dep),
     filters: Filters = Depends(filters_dep),
+    raw: bool = Query(True, description="include each event's stored (redacted) raw payload"),
     actor: str = AdminDep,
 ) -> StreamingResponse:
     """Stream events as relaymeter JSONL (oldest first): all of them, or a range and filters.
@@ -115,7 +109,7 @@ async def export_usage(
     )
     label = rng.name if rng else "all"
     return StreamingResponse(
-        files.export_jsonl(state.db, start_ms=start_ms, end_ms=end_ms, filters=filters),
+        files.export_jsonl(state.db, start_ms=start_ms, end_ms=end_ms, filters=filters, include_raw=raw),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="relaymeter-usage-{label}.jsonl"'},
     )

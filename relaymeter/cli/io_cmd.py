@@ -158,6 +158,7 @@ def export_cmd(
         Path | None,
         typer.Option("--output", "-o", help="write to this file (.gz compresses); default stdout"),
     ] = None,
+    raw: Annotated[bool, typer.Option("--raw/--no-raw", help="include stored raw payloads")] = True,
 ) -> None:
     """Export usage events as relaymeter JSONL (re-importable without duplicates)."""
     from relaymeter.domain.windows import RangeError, now_ms, parse_time_ms, resolve_range, zone
@@ -232,7 +233,7 @@ def export_cmd(
         with progress:
             task = progress.add_task("export", total=total)
             async for chunk in usage_files.export_jsonl(
-                db, start_ms=start_ms, end_ms=end_ms, filters=filters
+                db, start_ms=start_ms, end_ms=end_ms, filters=filters, include_raw=raw
             ):
                 out.write(chunk)
                 n = chunk.count(b"\n")

@@ -202,6 +202,8 @@ def parse_timestamp_ns(value: Any, field: str = "timestamp") -> int:
         if not number.is_finite() or number < 0:
             raise NormalizeError(f"{field}: out of range")
         ns = int(number * 10**9) if number < 10_000_000_000 else int(number * 10**6)
+    elif isinstance(value, str) and (fast := _fast_rfc3339_ns(value)) is not None:
+        ns = fast
     elif isinstance(value, str):
         match = _TS_RE.match(value.strip())
         if not match:
@@ -220,6 +222,27 @@ def parse_timestamp_ns(value: Any, field: str = "timestamp") -> int:
     if not MIN_TS_NS <= ns <= MAX_TS_NS:
         raise NormalizeError(f"{field}: out of range")
     return ns
+
+
+_FAST_TS = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+
+
+def _fast_rfc3339_ns(text: str) -> int | None:
+    """RFC 3339 as CPA writes it (``...T..:..:..[.fraction](Z|+hh:mm)``), or None to fall back."""
+    match = _FAST_TS.fullmatch(text)
+    if match is None:
+        return None
+    base, frac, off = match.groups()
+    try:
+        seconds = _epoch_seconds(base, off)
+    except ValueError:
+        return None
+    return seconds * 10**9 + (int(frac.ljust(9, "0")) if frac else 0)
+
+
+@functools.lru_cache(maxsize=8192)
+def _epoch_seconds(base: str, off: str) -> int:
+    return int(datetime.fromisoformat(base + ("+00:00" if off == "Z" else off)).timestamp())
 
 
 @functools.lru_cache(maxsize=256)
@@ -315,16 +338,29 @@ _TOKEN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+_ALIAS_RANK = {name: (bucket, rank) for bucket, names in _TOKEN_ALIASES.items() for rank, name in enumerate(names)}
+
+
 def _read_tokens(record: dict[str, Any]) -> dict[str, int]:
+    """Token counts by bucket: the nested ``tokens`` / ``usage`` object first, then top level."""
     nested: dict[str, Any] = {}
     for key in ("tokens", "usage"):
         if isinstance(record.get(key), dict):
             nested = record[key]
             break
-    out: dict[str, int] = {}
-    for bucket, names in _TOKEN_ALIASES.items():
-        found = _first(nested, names) or _first(record, names)
-        out[bucket] = _as_int(found[1], f"tokens.{found[0]}") if found else 0
+    best: dict[str, tuple[int, int, str, Any]] = {}  # bucket -> (level, rank, name, value)
+    for level, source in ((0, nested), (1, record)):
+        for name, value in source.items():
+            hit = _ALIAS_RANK.get(name)
+            if hit is None or value is None or value == "":
+                continue
+            bucket, rank = hit
+            current = best.get(bucket)
+            if current is None or (level, rank) < current[:2]:
+                best[bucket] = (level, rank, name, value)
+    out = dict.fromkeys(_TOKEN_ALIASES, 0)
+    for bucket, (_level, _rank, name, value) in best.items():
+        out[bucket] = _as_int(value, f"tokens.{name}")
     return out
 
 

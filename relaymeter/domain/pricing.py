@@ -75,6 +75,10 @@ class Rates:
     cache_write_1h: int
     multiplier: Fraction
     long_context: bool
+    unit: bool = field(init=False)  # multiplier == 1 (the common case, checked per event)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", self.multiplier == 1)
 
 
 def _scale(value: int, num: int, den: int) -> int:
@@ -148,7 +152,11 @@ def cost_with_rates(
     cache_creation_1h_tokens: int,
 ) -> int:
     """cost_micros() once the rates are resolved (lets callers reuse one Rates per model)."""
-    one_hour = min(max(cache_creation_1h_tokens, 0), cache_creation_tokens)
+    one_hour = cache_creation_1h_tokens  # the 1-hour part of cache_creation, clamped to it
+    if one_hour > cache_creation_tokens:
+        one_hour = cache_creation_tokens
+    elif one_hour < 0:
+        one_hour = 0
     numerator = (
         input_tokens * r.input
         + cache_read_tokens * r.cache_read
@@ -156,9 +164,9 @@ def cost_with_rates(
         + one_hour * r.cache_write_1h
         + output_tokens * r.output
     )
-    mult = r.multiplier
-    if mult == 1:
+    if r.unit:
         return (2 * numerator + MTOK) // (2 * MTOK)
+    mult = r.multiplier
     return _scale(numerator, mult.numerator, mult.denominator * MTOK)
 
 

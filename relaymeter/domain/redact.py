@@ -75,7 +75,11 @@ def redact(value: Any) -> Any:
             skey = key if type(key) is str else str(key)
             if is_secret_key(skey) and item not in (None, "", [], {}):
                 out[skey] = REDACTED
-            elif type(item) in (int, float, bool) or item is None:
+                continue
+            t = type(item)
+            if t is str:  # inline the cheap pre-check: most strings hold no secret
+                out[skey] = redact_text(item) if _may_hold_secret(item) else item
+            elif t is int or t is float or t is bool or item is None:
                 out[skey] = item
             else:
                 out[skey] = redact(item)

@@ -66,6 +66,11 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Bounds that keep every stored value inside a 64-bit integer column, with a clear 422 above.
+MAX_USD = 1_000_000_000.0
+MAX_COUNT = 2**53
+
+
 def usd_to_micros(value: float | None) -> int | None:
     return None if value is None else round(value * 1_000_000)
 
@@ -158,9 +163,9 @@ class _AccountFields(_CommonFields):
     max_concurrency: int | None = Field(None, ge=0, le=100_000, description="0 = unlimited")
     enabled: bool | None = None
     model_map: dict[str, str] | None = Field(None, description="requested model -> model sent upstream")
-    daily_request_cap: int | None = Field(None, ge=0)
-    daily_token_cap: int | None = Field(None, ge=0)
-    daily_cost_cap_usd: float | None = Field(None, ge=0)
+    daily_request_cap: int | None = Field(None, ge=0, le=MAX_COUNT)
+    daily_token_cap: int | None = Field(None, ge=0, le=MAX_COUNT)
+    daily_cost_cap_usd: float | None = Field(None, ge=0, le=MAX_USD)
     proxy_url: str | None = None
     email: str | None = Field(None, max_length=200)
     plan: str | None = Field(None, max_length=60)
@@ -429,12 +434,12 @@ async def delete_account(state: AppState, account_id: int) -> None:
 class BatchSet(BaseModel):
     model_config = {"extra": "forbid"}
 
-    daily_request_cap: int | None = Field(None, ge=0)
-    daily_token_cap: int | None = Field(None, ge=0)
-    daily_cost_cap_usd: float | None = Field(None, ge=0)
+    daily_request_cap: int | None = Field(None, ge=0, le=MAX_COUNT)
+    daily_token_cap: int | None = Field(None, ge=0, le=MAX_COUNT)
+    daily_cost_cap_usd: float | None = Field(None, ge=0, le=MAX_USD)
     priority: int | None = Field(None, ge=-1000, le=1000)
     weight: int | None = Field(None, ge=1, le=1000)
-    max_concurrency: int | None = Field(None, ge=0)
+    max_concurrency: int | None = Field(None, ge=0, le=100_000)
     enabled: bool | None = None
 
 
@@ -836,12 +841,12 @@ class _KeyFields(_CommonFields):
     remark: str | None = Field(None, max_length=2000)
     enabled: bool | None = None
     max_concurrency: int | None = Field(None, ge=0, le=100_000)
-    rpm: int | None = Field(None, ge=0)
-    tpm: int | None = Field(None, ge=0)
-    daily_limit_usd: float | None = Field(None, ge=0)
-    weekly_limit_usd: float | None = Field(None, ge=0)
-    monthly_limit_usd: float | None = Field(None, ge=0)
-    total_limit_usd: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=0, le=MAX_COUNT)
+    tpm: int | None = Field(None, ge=0, le=MAX_COUNT)
+    daily_limit_usd: float | None = Field(None, ge=0, le=MAX_USD)
+    weekly_limit_usd: float | None = Field(None, ge=0, le=MAX_USD)
+    monthly_limit_usd: float | None = Field(None, ge=0, le=MAX_USD)
+    total_limit_usd: float | None = Field(None, ge=0, le=MAX_USD)
 
 
 class KeyCreate(_KeyFields):

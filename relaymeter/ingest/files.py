@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ MAX_INFLIGHT_WRITES = 2
 MAX_FAILURE_SAMPLES = 20
 MAX_DEAD_LETTERS = 10_000  # per import; beyond this failures are only counted
 READ_CHUNK = 1 << 20
+DOCUMENT_LIMIT = 256 << 20  # a single-document file (legacy CPA export) larger than this is JSONL
 DEFAULT_SOURCE = "import"
 
 ProgressFn = Callable[["ImportResult", int], None]
@@ -115,7 +116,7 @@ async def file_chunks(path: Path, chunk: int = READ_CHUNK) -> AsyncIterator[byte
 
 
 async def _lines(
-    chunks: AsyncIterator[bytes], on_bytes: Callable[[int], None]
+    chunks: AsyncIterable[bytes], on_bytes: Callable[[int], None]
 ) -> AsyncIterator[tuple[int, bytes]]:
     """(line number, line) pairs; gzip input is decompressed on the fly."""
     tail = b""
@@ -123,6 +124,8 @@ async def _lines(
     decomp: Any = None
     first = True
     async for chunk in chunks:
+        if not chunk:
+            continue
         on_bytes(len(chunk))
         if first:
             first = False
@@ -260,12 +263,10 @@ class _Importer:
         if res.dead_lettered + len(self.dead) < MAX_DEAD_LETTERS:
             self.dead.append((f"{res.name} {where}: {reason}", raw))
 
-    async def record(self, where: str, obj: Any, raw: str, *, classify: bool = True) -> None:
+    async def record(self, where: str, obj: Any, *, classify: bool = True) -> None:
         self.result.records += 1
         if not isinstance(obj, dict):
-            self.fail(
-                where, f"not a JSON object (got {type(obj).__name__})", raw or orjson.dumps(obj).decode()
-            )
+            self.fail(where, f"not a JSON object (got {type(obj).__name__})", orjson.dumps(obj).decode())
         else:
             if classify:
                 self.result.formats.add(record_format(obj))
@@ -295,7 +296,7 @@ class _Importer:
             if len(self.dead) >= 500:
                 await self.flush()
             return
-        await self.record(f"line {lineno}", obj, "")
+        await self.record(f"line {lineno}", obj)
 
     async def flush(self) -> None:
         if self.batch:
@@ -338,14 +339,15 @@ class _Importer:
 async def import_chunks(
     db: Database,
     writer: UsageWriter,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterable[bytes],
     *,
     name: str = "upload",
     source: str = DEFAULT_SOURCE,
     keep_raw: bool = True,
     progress: ProgressFn | None = None,
 ) -> ImportResult:
-    """Import one file given as a stream of byte chunks; never raises for bad content.
+    """Import one file given as a stream of byte chunks (a file, ``request.stream()``, ...);
+    never raises for bad content.
 
     A file-level refusal (e.g. an aggregate-only legacy export) is reported in ``error``;
     bad records are counted in ``failed``, the first ones listed with their line, and kept
@@ -357,14 +359,23 @@ async def import_chunks(
     lines = _lines(chunks, imp.on_bytes)
     mode: str | None = None
     held: list[tuple[int, bytes]] = []  # first line(s) while the format is being decided
-    document: list[bytes] = []
+    document: list[tuple[int, bytes]] = []
+    document_size = 0
     try:
         async for lineno, line in lines:
             if mode == "jsonl":
                 await imp.line(lineno, line)
                 continue
             if mode == "document":
-                document.append(line)
+                document.append((lineno, line))
+                document_size += len(line)
+                if document_size > DOCUMENT_LIMIT:
+                    # Too big to be a CPA usage export (CPA held it in memory): it is JSONL
+                    # whose first lines are broken. Stream the rest; memory stays bounded.
+                    mode = "jsonl"
+                    for n, held_line in document:
+                        await imp.line(n, held_line)
+                    document = []
                 continue
             if not held and not line.strip(b" \t\r\n\xef\xbb\xbf"):
                 continue
@@ -376,17 +387,24 @@ async def import_chunks(
                 for n, held_line in held:
                     await imp.line(n, held_line)
             else:
-                document.extend(h for _, h in held)
+                document.extend(held)
+                document_size = sum(len(h) for _, h in held)
             held = []
         if mode is None and held:
             mode = "document"
-            document.extend(h for _, h in held)
+            document.extend(held)
         if mode == "document":
-            await _import_document(imp, b"\n".join(document))
+            await _import_document(imp, document)
     except ImportRefused as exc:
         result.error = str(exc)
     finally:
         await imp.finish()
+    if result.error is None and result.records and result.failed == result.records:
+        result.error = (
+            "nothing in this file could be imported (see the failures): relaymeter imports JSONL "
+            "(relaymeter or CPA-Manager exports, CPA queue records), a JSON array of records or a "
+            "CPA usage export with request details"
+        )
     return result
 
 
@@ -412,25 +430,25 @@ def _decide(held: list[tuple[int, bytes]]) -> str | None:
     return "jsonl"
 
 
-async def _import_document(imp: _Importer, data: bytes) -> None:
+async def _import_document(imp: _Importer, lines: list[tuple[int, bytes]]) -> None:
     try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ImportRefused(
-            f"not JSONL and not a single JSON document ({exc}); relaymeter imports JSONL records, "
-            "a JSON array of records or a CPA usage export"
-        ) from None
+        doc = orjson.loads(b"\n".join(line for _, line in lines))
+    except orjson.JSONDecodeError:
+        # Not one JSON document after all: JSONL with broken first lines.
+        for n, line in lines:
+            await imp.line(n, line)
+        return
     if isinstance(doc, list):
         for i, item in enumerate(doc):
-            await imp.record(f"item {i}", item, "")
+            await imp.record(f"item {i}", item)
         return
     if is_legacy_document(doc):
         imp.result.formats.add("cpa-legacy")
         for where, record in legacy_records(doc):
-            await imp.record(where, record, "", classify=False)
+            await imp.record(where, record, classify=False)
         return
     if isinstance(doc, dict):
-        await imp.record("line 1", doc, "")
+        await imp.record("line 1", doc)
         return
     raise ImportRefused(f"a JSON {type(doc).__name__} is not a usage record or usage export")
 
@@ -473,7 +491,15 @@ async def export_jsonl(
     start_ms: int | None = None,
     end_ms: int | None = None,
     filters: Filters = Filters(),
+    include_raw: bool = True,
 ) -> AsyncIterator[bytes]:
-    """relaymeter JSONL (one export record per line), oldest first, a page per chunk."""
+    """relaymeter JSONL (one export record per line), oldest first, a page per chunk.
+
+    ``include_raw=False`` leaves out the stored (redacted) raw payloads: a much smaller file
+    that still re-imports to the same summaries.
+    """
     async for rows in store_export.iter_event_pages(db, start_ms=start_ms, end_ms=end_ms, filters=filters):
+        if not include_raw:
+            for row in rows:
+                row["raw_json"] = None
         yield b"".join(orjson.dumps(to_export_record(event_from_row(r))) + b"\n" for r in rows)

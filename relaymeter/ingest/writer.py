@@ -32,10 +32,36 @@ class EventPricer(Protocol):
     def apply(self, events: Sequence[UsageEvent]) -> None: ...
 
 
+class _Group:
+    """The events of one ``write()`` call: one future for all of them, resolved when the last
+    one is stored (flags in call order) or failed."""
+
+    __slots__ = ("error", "flags", "future", "remaining")
+
+    def __init__(self, future: asyncio.Future[list[bool]], size: int) -> None:
+        self.future = future
+        self.flags = [False] * size
+        self.remaining = size
+        self.error: str | None = None
+
+    def settle(self, index: int, new: bool | None, error: str | None = None) -> None:
+        if error is not None:
+            self.error = self.error or error
+        elif new:
+            self.flags[index] = True
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            if self.error is not None:
+                self.future.set_exception(RuntimeError(self.error))
+            else:
+                self.future.set_result(self.flags)
+
+
 @dataclass(slots=True)
 class _Item:
     event: UsageEvent
-    future: asyncio.Future[bool] | None = None
+    group: _Group | None = None
+    index: int = 0
 
 
 @dataclass
@@ -78,6 +104,7 @@ class UsageWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._bulk_waiting = False
         self.listeners: list[asyncio.Queue[UsageEvent]] = []
 
     # -- producers -------------------------------------------------------------------------
@@ -108,20 +135,11 @@ class UsageWriter:
         while len(self._queue) >= self.high_water and not self._closing:
             self._room.clear()
             await self._room.wait()
-        loop = asyncio.get_running_loop()
-        futures = []
-        for ev in events:
-            fut: asyncio.Future[bool] = loop.create_future()
-            self._queue.append(_Item(ev, fut))
-            futures.append(fut)
+        group = _Group(asyncio.get_running_loop().create_future(), len(events))
+        self._queue.extend(_Item(ev, group, i) for i, ev in enumerate(events))
+        self._bulk_waiting = True  # someone awaits: write at once instead of lingering
         self._signal()
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        out: list[bool] = []
-        for res in results:
-            if isinstance(res, BaseException):
-                raise res
-            out.append(bool(res))
-        return out
+        return await group.future
 
     def _signal(self) -> None:
         self.stats.queued = len(self._queue)
@@ -163,12 +181,18 @@ class UsageWriter:
                         continue
                     self._drained.set()
                     self._room.set()
+                    self._bulk_waiting = False
                     if self._closing:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                if len(self._queue) < self.batch_size and self.linger_s > 0 and not self._closing:
+                if (
+                    len(self._queue) < self.batch_size
+                    and self.linger_s > 0
+                    and not self._closing
+                    and not self._bulk_waiting
+                ):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._until_full(), self.linger_s)
                 task = asyncio.create_task(self._write_one_batch())
@@ -209,8 +233,8 @@ class UsageWriter:
             log.exception("writer could not store or dead-letter a batch")
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
             for item in batch:
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(RuntimeError(f"store failed: {exc}"))
+                if item.group is not None:
+                    item.group.settle(item.index, None, f"store failed: {exc}")
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.last_flush_ms = time.time_ns() // 1_000_000
@@ -255,8 +279,8 @@ class UsageWriter:
             self.stats.dead_lettered += 1
         except Exception:
             log.exception("could not dead-letter event %s", item.event.event_hash)
-        if item.future is not None and not item.future.done():
-            item.future.set_exception(RuntimeError(reason))
+        if item.group is not None:
+            item.group.settle(item.index, None, reason)
 
     def _resolve(self, batch: list[_Item], inserted: list[bool]) -> None:
         for item, new in zip(batch, inserted, strict=True):
@@ -267,8 +291,8 @@ class UsageWriter:
                         listener.put_nowait(item.event)
             else:
                 self.stats.duplicates += 1
-            if item.future is not None and not item.future.done():
-                item.future.set_result(new)
+            if item.group is not None:
+                item.group.settle(item.index, new)
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -2,7 +2,8 @@
 
 ``apply`` is called by store.events.apply_rollup_rows with the same signed hourly increments
 it writes, in the same transaction, so inserts and repricing keep both exact. Each increment
-is folded into one row per dimension (and '*' for the total), hourly and per UTC day.
+is folded into one row per dimension value (and '*' for the total), successes and failures
+together, hourly and per UTC day.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from relaymeter.store.schema import usage_daily_dim, usage_hourly_dim
 
 ALL = "*"
 DIMS = ("account_id", "api_key_id", "model", "endpoint", "provider", "source")
-KEY_COLUMNS = ("dim", "value", "failed")
+KEY_COLUMNS = ("dim", "value")
 SUM_COLUMNS = tuple(c.name for c in usage_hourly_dim.columns if c.name not in ("hour_ms", *KEY_COLUMNS))
 
 
@@ -37,14 +38,13 @@ def fold(
     for row in hourly:
         vals = [row[c] for c in SUM_COLUMNS]
         h = row["hour_ms"]
-        failed = bool(row["failed"])
         for dim in (ALL, *DIMS):
-            key = (h, dim, "" if dim == ALL else str(row[dim]), failed)
+            key = (h, dim, "" if dim == ALL else str(row[dim]))
             cur = hours.get(key)
             hours[key] = vals if cur is None else list(map(add, cur, vals))
     days: dict[tuple[Any, ...], list[int]] = {}
-    for (h, dim, value, failed), vals in hours.items():
-        key = (h - h % DAY_MS, dim, value, failed)
+    for (h, dim, value), vals in hours.items():
+        key = (h - h % DAY_MS, dim, value)
         cur = days.get(key)
         days[key] = vals if cur is None else list(map(add, cur, vals))
     return hours, days

@@ -351,11 +351,12 @@ def _sqlite_batch_query(
 
 def _cost_delta_rows(deltas: dict[tuple[Any, ...], int]) -> list[dict[str, Any]]:
     """usage_hourly increments that change only cost_micros (old increments out, new in)."""
+    template = dict.fromkeys(_ROLLUP_SUM_COLUMNS, 0)
     rows = []
     for key, delta in deltas.items():
         if delta:
-            row = dict(zip(ROLLUP_KEY_COLUMNS, key, strict=True))
-            row.update(dict.fromkeys(_ROLLUP_SUM_COLUMNS, 0))
+            row = template.copy()
+            row.update(zip(ROLLUP_KEY_COLUMNS, key, strict=True))
             row["cost_micros"] = delta
             rows.append(row)
     return rows

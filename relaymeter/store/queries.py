@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,37 +319,131 @@ async def summary(
 
 # --- analytics (time series, recent requests, request detail, key usage, account load) ---------
 
-_CASE_BUCKET_LIMIT = 64  # up to this many buckets the SQL maps rollup rows to buckets itself
 MAX_PAGE = 1000
+_CASE_LIMIT = 64  # up to this many spans the SQL maps rows to buckets itself (else Python does)
+_SLOT_WIDTHS = (HOUR_MS, 1_800_000, 900_000, 300_000, 60_000, 1000, 1)
+
+# A span of time read at one level (day / hour rollups, or raw events) into a bucket with a
+# sign: (lo, hi, bucket, sign). Negative spans take out what a whole day or hour read too much.
+Span = tuple[int, int, int, int]
 
 
-def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(spans):
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
+def _cover_hours(
+    lo: int, hi: int, bucket: int, sign: int, out: dict[str, list[Span]], complement: bool
+) -> None:
+    hour = lo - lo % HOUR_MS
+    while lo < hi:
+        end = hour + HOUR_MS
+        x, y = lo, min(hi, end)
+        if x == hour and y == end:
+            out["hour"].append((hour, end, bucket, sign))
+        elif complement and HOUR_MS - (y - x) < y - x:
+            out["hour"].append((hour, end, bucket, sign))
+            if hour < x:
+                out["raw"].append((hour, x, bucket, -sign))
+            if y < end:
+                out["raw"].append((y, end, bucket, -sign))
         else:
-            out.append((lo, hi))
-    return out
+            out["raw"].append((x, y, bucket, sign))
+        lo, hour = y, end
 
 
-def _bucket_case(col: ColumnElement[Any], bounds: Sequence[int]) -> ColumnElement[Any]:
-    """SQL CASE mapping a time value to its bucket index (bounds[i] <= t < bounds[i + 1])."""
-    last = len(bounds) - 2
-    if last <= 0:
-        return literal_column("0")
+def _cover(lo: int, hi: int, bucket: int, out: dict[str, list[Span]]) -> None:
+    """Spans that read exactly the events in [lo, hi) into ``bucket``, reading as little as
+    possible: whole UTC days and hours from rollups; a day or hour mostly inside is read whole
+    and what lies outside is subtracted (e.g. the current day of a range that ends now)."""
+    day = lo - lo % DAY_MS
+    while lo < hi:
+        end = day + DAY_MS
+        x, y = lo, min(hi, end)
+        if x == day and y == end:
+            out["day"].append((day, end, bucket, 1))
+        elif DAY_MS - (y - x) < y - x:
+            out["day"].append((day, end, bucket, 1))
+            _cover_hours(day, x, bucket, -1, out, False)
+            _cover_hours(y, end, bucket, -1, out, False)
+        else:
+            _cover_hours(x, y, bucket, 1, out, True)
+        lo, day = y, end
+
+
+def _disjoint(spans: list[Span]) -> bool:
+    return all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def plan_buckets(bounds: Sequence[int]) -> dict[tuple[str, int], list[Span]]:
+    """Labelled spans per (level, sign) covering every bucket [bounds[i], bounds[i + 1]).
+
+    Within one (level, sign) group the spans never overlap, so each row maps to one bucket.
+    """
+    levels: dict[str, list[Span]] = {"day": [], "hour": [], "raw": []}
+    for i in range(len(bounds) - 1):
+        _cover(bounds[i], bounds[i + 1], i, levels)
+    groups: dict[tuple[str, int], list[Span]] = {}
+    for level, spans in levels.items():
+        for sign in (1, -1):
+            picked = sorted(s for s in spans if s[3] == sign)
+            merged: list[Span] = []
+            for s in picked:
+                if merged and merged[-1][1] == s[0] and merged[-1][2] == s[2]:
+                    merged[-1] = (merged[-1][0], s[1], s[2], sign)
+                else:
+                    merged.append(s)
+            if merged:
+                groups[(level, sign)] = merged
+    if not all(_disjoint(spans) for spans in groups.values()):  # never expected; stay exact anyway
+        levels = {"day": [], "hour": [], "raw": []}
+        for i in range(len(bounds) - 1):
+            plan = plan_range(bounds[i], bounds[i + 1])
+            levels["day"] += [(a, b, i, 1) for a, b in plan.days]
+            levels["hour"] += [(a, b, i, 1) for a, b in plan.hours]
+            levels["raw"] += [(a, b, i, 1) for a, b in plan.raw]
+        groups = {(level, 1): sorted(spans) for level, spans in levels.items() if spans}
+    return groups
+
+
+def _ranges(spans: Sequence[Span]) -> list[tuple[int, int]]:
+    """The spans' time ranges with touching ones joined."""
+    ranges: list[tuple[int, int]] = []
+    for lo, hi, _b, _s in spans:
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _rollup_where(col: ColumnElement[Any], spans: Sequence[Span], step: int) -> ColumnElement[bool]:
+    """Rows of the spans' whole hours / days: an IN list (an index lookup per value; SQLite
+    turns a long OR of ranges into a full table scan)."""
+    values = [v for lo, hi in _ranges(spans) for v in range(lo, hi, step)]
+    if len(values) <= 5000:
+        return col.in_(values)
+    return or_(*[and_(col >= lo, col < hi) for lo, hi in _ranges(spans)])
+
+
+def _span_case(col: ColumnElement[Any], spans: Sequence[Span]) -> ColumnElement[Any]:
+    """SQL CASE giving the bucket of a time inside the (sorted, disjoint) spans."""
+    if len({s[2] for s in spans}) == 1:
+        return literal_column(str(spans[0][2]))
     return case(
-        *[(col < bounds[i + 1], literal_column(str(i))) for i in range(last)], else_=literal_column(str(last))
+        *[(col < s[1], literal_column(str(s[2]))) for s in spans[:-1]],
+        else_=literal_column(str(spans[-1][2])),
     )
 
 
-def _slot_width(bounds: Sequence[int]) -> int:
-    """Largest divisor of an hour that every inner boundary is a multiple of: raw events are
-    grouped in slots of this width, and no slot straddles two buckets."""
-    width = HOUR_MS
-    for b in bounds[1:-1]:
-        width = math.gcd(width, b)
-    return max(width, 1)
+def _span_of(spans: Sequence[Span], starts: Sequence[int], lo: int, hi: int) -> int:
+    """Bucket of the one span that meets [lo, hi)."""
+    i = bisect.bisect_right(starts, hi - 1) - 1
+    return spans[max(i, 0)][2]
+
+
+def _slot_width(spans: Sequence[Span]) -> int:
+    """Widest slot (a divisor of an hour) such that no slot meets two spans."""
+    for width in _SLOT_WIDTHS:
+        if all((a[1] - 1) // width < b[0] // width for a, b in itertools.pairwise(spans)):
+            return width
+    return 1
 
 
 async def timeseries(
@@ -377,12 +471,10 @@ _LAT_INDEX = {name: i for i, name in enumerate(latency_bucket_columns)}
 
 
 def single_dimension(filters: Filters, dims: Sequence[str]) -> str | None:
-    """The one dimension a query involves ('*' for none), or None when it involves several.
-
-    Such queries are answered from the per-dimension rollups (store/dim_rollups.py).
-    """
+    """The one dimension a query involves ('*' for none), or None when it involves several
+    or filters on status. Such queries are answered from the per-dimension rollups."""
     involved = set(dims) | {dim for attr, dim in _FILTER_DIMS if getattr(filters, attr)}
-    if len(involved) > 1:
+    if len(involved) > 1 or filters.status is not None:  # they keep successes and failures together
         return None
     return next(iter(involved)) if involved else "*"
 
@@ -403,71 +495,96 @@ def _event_sum_columns(names: Sequence[str]) -> list[ColumnElement[Any]]:
     return [every[n] for n in names]
 
 
-def _add(
-    out: dict[tuple[Any, ...], Metrics],
-    key: tuple[Any, ...],
-    vals: Sequence[Any],
-    names: Sequence[str],
-    sign: int,
-) -> None:
-    m = out.get(key)
-    if m is None:
-        m = out[key] = Metrics()
-    for name, v in zip(names, vals, strict=True):
-        if not v:
+Acc = dict[tuple[Any, ...], list[int]]
+
+
+def _acc(store: Acc, key: tuple[Any, ...], vals: Sequence[Any], sign: int) -> None:
+    """Add (sign 1) or subtract (sign -1) one row of sums (None = 0) into store[key]."""
+    cur = store.get(key)
+    if cur is None:
+        store[key] = [(v or 0) * sign for v in vals]
+    elif sign > 0:
+        store[key] = [a + (b or 0) for a, b in zip(cur, vals, strict=True)]
+    else:
+        store[key] = [a - (b or 0) for a, b in zip(cur, vals, strict=True)]
+
+
+def _metrics(store: Acc, names: Sequence[str]) -> dict[tuple[Any, ...], Metrics]:
+    """Accumulated sums as Metrics (groups whose requests net to 0 are dropped)."""
+    out: dict[tuple[Any, ...], Metrics] = {}
+    req = names.index("requests")
+    for key, vals in store.items():
+        if not vals[req]:
             continue
-        lat = _LAT_INDEX.get(name)
-        if lat is not None:
-            m.latency_buckets[lat] += sign * int(v)
-        else:
-            setattr(m, name, getattr(m, name) + sign * int(v))
-
-
-def _hour_pieces(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Spans cut at UTC hour boundaries (each piece lies inside one hour)."""
-    out = []
-    for lo, hi in spans:
-        while lo < hi:
-            cut = min(hi, (lo // HOUR_MS + 1) * HOUR_MS)
-            out.append((lo, cut))
-            lo = cut
+        m = Metrics()
+        for name, v in zip(names, vals, strict=True):
+            lat = _LAT_INDEX.get(name)
+            if lat is not None:
+                m.latency_buckets[lat] = int(v)
+            else:
+                setattr(m, name, int(v))
+        out[key] = m
     return out
 
 
-def _plan_buckets(
-    bounds: Sequence[int],
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
-    """(daily spans, hourly spans, raw spans to add, raw spans to subtract) for the buckets.
+Sink = Callable[[int, Sequence[Any], Sequence[Any], int], None]
 
-    An outer partial hour is read as its whole rollup hour minus the raw events outside the
-    range when that is shorter (e.g. the current hour of a range that ends now).
-    """
-    n = len(bounds) - 1
-    plans = [plan_range(bounds[i], bounds[i + 1]) for i in range(n)]
-    day_spans = [s for p in plans for s in p.days]
-    hour_spans = [s for p in plans for s in p.hours]
-    inner = set(bounds[1:-1])
-    positive: list[tuple[int, int]] = []
-    negative: list[tuple[int, int]] = []
-    for lo, hi in _hour_pieces([s for p in plans for s in p.raw]):
-        hour = lo - lo % HOUR_MS
-        at_edge = lo == bounds[0] or hi == bounds[-1]
-        clean = not any(hour < b < hour + HOUR_MS for b in inner)
-        outside = [p for p in ((hour, lo), (hi, hour + HOUR_MS)) if p[0] < p[1]]
-        if at_edge and clean and sum(b - a for a, b in outside) < hi - lo:
-            hour_spans.append((hour, hour + HOUR_MS))
-            negative.extend(outside)
+
+async def _read_spans(
+    conn: AsyncConnection,
+    groups: dict[tuple[str, int], list[Span]],
+    filters: Filters,
+    names: Sequence[str],
+    rollup_keys: Callable[[Any], list[ColumnElement[Any]]],
+    rollup_where: Callable[[Any], list[ColumnElement[bool]]],
+    event_keys: Sequence[ColumnElement[Any]],
+    tables: tuple[Any, Any],
+    sink: Sink,
+) -> None:
+    """Run one query per (level, sign) group and hand every row to sink(bucket, keys, sums, sign)."""
+    daily, hourly = tables
+    for (level, sign), spans in groups.items():
+        starts = [s[0] for s in spans]
+        if level in ("day", "hour"):
+            table = daily if level == "day" else hourly
+            cols = table.c
+            t = cols["day_ms" if level == "day" else "hour_ms"]
+            in_sql = len(spans) <= _CASE_LIMIT
+            label = _span_case(t, spans) if in_sql else t
+            constant = in_sql and len({s[2] for s in spans}) == 1  # a literal: nothing to group by
+            keys = rollup_keys(cols)
+            stmt = (
+                select(label.label("tb"), *keys, *[func.sum(cols[c]) for c in names])
+                .where(_rollup_where(t, spans, DAY_MS if level == "day" else HOUR_MS), *rollup_where(cols))
+                .group_by(*([] if constant else [label]), *keys)
+            )
+            nkeys = len(keys)
+            for row in await conn.execute(stmt):
+                tb = int(row[0])
+                bucket = tb if in_sql else _span_of(spans, starts, tb, tb + 1)
+                sink(bucket, row[1 : 1 + nkeys], row[1 + nkeys :], sign)
         else:
-            positive.append((lo, hi))
-    return day_spans, hour_spans, positive, negative
-
-
-def _status_clauses(cols: Any, filters: Filters) -> list[ColumnElement[bool]]:
-    if filters.status == "failed":
-        return [cols.failed.is_(True)]
-    if filters.status == "success":
-        return [cols.failed.is_(False)]
-    return []
+            e = usage_events.c
+            width = _slot_width(spans)
+            slot = e.ts_ms.op("/")(literal_column(str(width)))
+            ranges = _ranges(spans)
+            # One query per range beyond two: SQLite scans the whole table for a long OR.
+            batches = [ranges] if len(ranges) <= 2 else [[r] for r in ranges]
+            nkeys = len(event_keys)
+            for batch in batches:
+                stmt = (
+                    select(slot.label("slot"), *event_keys, *_event_sum_columns(names))
+                    .where(
+                        or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in batch]),
+                        *_filter_clauses(e, filters, _served_model()),
+                    )
+                    .group_by(slot, *event_keys)
+                )
+                for row in await conn.execute(stmt):
+                    if not row[1 + nkeys]:
+                        continue
+                    lo = int(row[0]) * width
+                    sink(_span_of(spans, starts, lo, lo + width), row[1 : 1 + nkeys], row[1 + nkeys :], sign)
 
 
 async def bucketed(
@@ -477,84 +594,79 @@ async def bucketed(
     dims: Sequence[str] = (),
     columns: Sequence[str] | None = None,
 ) -> list[dict[tuple[Any, ...], Metrics]]:
-    """Metrics per bucket [bounds[i], bounds[i + 1]) grouped by dims, exact to the millisecond.
+    """Metrics per bucket [bounds[i], bounds[i + 1]) grouped by dims (see bucketed_sums)."""
+    names, sums = await bucketed_sums(conn, bounds, filters, dims, columns)
+    return [_metrics(a, names) for a in sums]
 
-    Each bucket is planned like a summary: whole UTC days from the daily rollups, whole hours
-    from the hourly rollups, partial hours from raw events (see _plan_buckets). Rollups are
-    the per-dimension ones when the query involves at most one dimension, else the full-key
-    ones. ``columns`` limits the sums read (names of Metrics fields, 'latency_buckets' for the
-    histogram); unread fields stay 0.
+
+async def timeseries_sums(
+    db: Database,
+    bounds: Sequence[int],
+    filters: Filters = Filters(),
+    dims: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+) -> tuple[list[str], list[Acc]]:
+    async with db.connect() as conn:
+        return await bucketed_sums(conn, bounds, filters, dims, columns)
+
+
+async def bucketed_sums(
+    conn: AsyncConnection,
+    bounds: Sequence[int],
+    filters: Filters = Filters(),
+    dims: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+) -> tuple[list[str], list[Acc]]:
+    """Sums per bucket [bounds[i], bounds[i + 1]) and group (lists in ``names`` order), exact
+    to the millisecond.
+
+    Each bucket is read from whole UTC days and hours of the rollups plus raw events for the
+    partial hours (see plan_buckets). Rollups are the per-dimension ones when the query
+    involves at most one dimension, else the full-key ones. ``columns`` limits the sums read
+    (names of Metrics fields, 'latency_buckets' for the histogram).
     """
     n = len(bounds) - 1
-    out: list[dict[tuple[Any, ...], Metrics]] = [{} for _ in range(max(n, 0))]
-    if n <= 0:
-        return out
     names = _selected(columns)
-    ndims = len(dims)
-    day_spans, hour_spans, positive, negative = _plan_buckets(bounds)
-
-    def slot_index(t: int) -> int:
-        return min(max(bisect.bisect_right(bounds, t) - 1, 0), n - 1)
-
+    if n <= 0:
+        return names, []
+    acc: list[Acc] = [{} for _ in range(n)]
     single = single_dimension(filters, dims)
-    for table, time_name, spans in (
-        (usage_daily_dim if single else usage_daily, "day_ms", day_spans),
-        (usage_hourly_dim if single else usage_hourly, "hour_ms", hour_spans),
-    ):
-        spans = _merge_spans(spans)
-        if not spans:
-            continue
-        cols = table.c
-        t = cols[time_name]
-        key: ColumnElement[Any] = _bucket_case(t, bounds) if n <= _CASE_BUCKET_LIMIT else t
-        where = [or_(*[and_(t >= lo, t < hi) for lo, hi in spans]), *_status_clauses(cols, filters)]
+    convert = single is not None and bool(dims) and dims[0] in _INT_DIMS
+
+    def rollup_keys(cols: Any) -> list[ColumnElement[Any]]:
         if single:
-            where.append(cols.dim == single)
-            for attr, dim in _FILTER_DIMS:
-                values = getattr(filters, attr)
-                if values and dim == single:
-                    where.append(cols.value.in_([str(v) for v in values]))
-            group_cols: list[ColumnElement[Any]] = [cols.value] if ndims else []
-        else:
-            where.extend(_filter_clauses(cols, filters, cols.model))
-            group_cols = [cols[d] for d in dims]
-        stmt = (
-            select(key.label("tb"), *group_cols, *[func.sum(cols[c]) for c in names])
-            .where(*where)
-            .group_by(key, *group_cols)
-        )
-        for row in await conn.execute(stmt):
-            idx = int(row[0]) if n <= _CASE_BUCKET_LIMIT else slot_index(int(row[0]))
-            if single and ndims:
-                k: tuple[Any, ...] = (int(row[1]) if dims[0] in _INT_DIMS else row[1],)
-            else:
-                k = tuple(row[1 : 1 + ndims])
-            _add(out[min(max(idx, 0), n - 1)], k, row[1 + ndims :], names, 1)
-    e = usage_events.c
-    width = _slot_width(bounds)
-    slot = e.ts_ms.op("/")(literal_column(str(width)))
-    event_dims = [_event_dim(d) for d in dims]
-    metric_cols = _event_sum_columns(names)
-    for spans, sign in ((_merge_spans(positive), 1), (_merge_spans(negative), -1)):
-        if not spans:
-            continue
-        stmt = (
-            select(slot.label("slot"), *event_dims, *metric_cols)
-            .where(
-                or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in spans]),
-                *_filter_clauses(e, filters, _served_model()),
-            )
-            .group_by(slot, *event_dims)
-        )
-        for row in await conn.execute(stmt):
-            if not row[1 + ndims]:
-                continue
-            at = max(int(row[0]) * width, bounds[0]) if sign > 0 else int(row[0]) * width
-            _add(out[slot_index(at)], tuple(row[1 : 1 + ndims]), row[1 + ndims :], names, sign)
-    for slot_map in out:
-        for k in [k for k, m in slot_map.items() if m.requests == 0]:
-            del slot_map[k]
-    return out
+            return [cols.value] if dims else []
+        return [cols[d] for d in dims]
+
+    def rollup_where(cols: Any) -> list[ColumnElement[bool]]:
+        if not single:
+            return [*_filter_clauses(cols, filters, cols.model)]
+        where = [cols.dim == single]
+        for attr, dim in _FILTER_DIMS:
+            values = getattr(filters, attr)
+            if values and dim == single:
+                where.append(cols.value.in_([str(v) for v in values]))
+        return where
+
+    def rollup_sink(bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
+        _acc(acc[bucket], (int(keys[0]),) if convert and keys else tuple(keys), vals, sign)
+
+    def event_sink(bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
+        _acc(acc[bucket], tuple(keys), vals, sign)
+
+    groups = plan_buckets(bounds)
+    tables = (usage_daily_dim, usage_hourly_dim) if single else (usage_daily, usage_hourly)
+    event_keys = [_event_dim(d) for d in dims]
+    rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
+    raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
+    await _read_spans(
+        conn, rollup_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, rollup_sink
+    )
+    await _read_spans(
+        conn, raw_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, event_sink
+    )
+    req = names.index("requests")
+    return names, [{k: v for k, v in a.items() if v[req]} for a in acc]
 
 
 async def dimension_names(db: Database, dim: str, keys: Sequence[Any]) -> dict[Any, dict[str, Any]]:
@@ -636,16 +748,72 @@ async def recent_requests(
         ts, row_id = before
         clauses.append(e.ts_ms <= ts)
         clauses.append(or_(e.ts_ms < ts, e.id < row_id))
-    stmt = (
-        select(*cols)
-        .where(*clauses)
-        .order_by(e.ts_ms.desc(), e.id.desc())
-        .limit(max(1, min(limit, MAX_PAGE)))
-    )
+    limit = max(1, min(limit, MAX_PAGE))
+    upper = end_ms
+    if before is not None:
+        upper = before[0] + 1 if upper is None else min(upper, before[0] + 1)
+
+    def page(extra: list[ColumnElement[bool]], n: int) -> Any:
+        return select(*cols).where(*clauses, *extra).order_by(e.ts_ms.desc(), e.id.desc()).limit(n)
+
     async with db.connect() as conn:
-        rows = [dict(r._mapping) for r in await conn.execute(stmt)]
+        hours = await _matching_hours(conn, filters, start_ms, upper)
+        if hours is None:
+            rows = [dict(r._mapping) for r in await conn.execute(page([], limit))]
+        else:
+            # Filtered by account / key / model...: read only the hours that hold such events,
+            # newest first, a few at a time until the page is full.
+            rows = []
+            i = 0
+            while i < len(hours) and len(rows) < limit:
+                chunk: list[int] = []
+                expected = 0
+                while i < len(hours) and (not chunk or expected < limit - len(rows)):
+                    chunk.append(hours[i][0])
+                    expected += hours[i][1]
+                    i += 1
+                for lo, hi in _hour_ranges(chunk):
+                    got = await conn.execute(page([e.ts_ms >= lo, e.ts_ms < hi], limit - len(rows)))
+                    rows.extend(dict(r._mapping) for r in got)
+                    if len(rows) >= limit:
+                        break
         await _attach_names(conn, rows)
     return rows
+
+
+def _hour_ranges(hours: Sequence[int]) -> list[tuple[int, int]]:
+    """Newest-first hour starts -> newest-first [lo, hi) ranges with touching hours joined."""
+    out: list[tuple[int, int]] = []
+    for h in hours:
+        if out and out[-1][0] == h + HOUR_MS:
+            out[-1] = (h, out[-1][1])
+        else:
+            out.append((h, h + HOUR_MS))
+    return out
+
+
+async def _matching_hours(
+    conn: AsyncConnection, filters: Filters, start_ms: int | None, end_ms: int | None
+) -> list[tuple[int, int]] | None:
+    """(hour, most events that can match there) newest first for the dimension filters, from
+    the per-dimension rollups; None without dimension filters."""
+    h = usage_hourly_dim.c
+    found: dict[int, int] | None = None
+    for attr, dim in _FILTER_DIMS:
+        values = getattr(filters, attr)
+        if not values:
+            continue
+        where = [h.dim == dim, h.value.in_([str(v) for v in values])]
+        if start_ms is not None:
+            where.append(h.hour_ms >= start_ms - start_ms % HOUR_MS)
+        if end_ms is not None:
+            where.append(h.hour_ms < end_ms)
+        stmt = select(h.hour_ms, func.sum(h.requests)).where(*where).group_by(h.hour_ms)
+        counts = {int(t): int(n) for t, n in await conn.execute(stmt) if n and n > 0}
+        found = counts if found is None else {t: min(n, counts[t]) for t, n in found.items() if t in counts}
+    if found is None:
+        return None
+    return sorted(found.items(), reverse=True)
 
 
 async def request_detail(db: Database, event_id: int) -> dict[str, Any] | None:
@@ -660,13 +828,20 @@ async def request_detail(db: Database, event_id: int) -> dict[str, Any] | None:
 
 
 async def metrics_by(
-    db: Database, periods: dict[str, tuple[int, int]], dim: str, filters: Filters = Filters()
+    db: Database,
+    periods: dict[str, tuple[int, int]],
+    dim: str,
+    filters: Filters = Filters(),
+    columns: Sequence[str] | None = None,
 ) -> dict[str, dict[Any, Metrics]]:
     """For each named period [start, end): metrics grouped by one dimension."""
     out: dict[str, dict[Any, Metrics]] = {}
     async with db.connect() as conn:
         for name, (start, end) in periods.items():
-            rows = await grouped_metrics(conn, start, end, filters, (dim,))
+            if end <= start:
+                out[name] = {}
+                continue
+            (rows,) = await bucketed(conn, [start, end], filters, (dim,), columns)
             out[name] = {k[0]: m for k, m in rows.items()}
     return out
 
@@ -730,73 +905,51 @@ async def breakdowns(
 ) -> tuple[Metrics, dict[str, dict[Any, Metrics]]]:
     """Totals and one breakdown per dimension over [start, end).
 
-    Without dimension filters (status may be set) one scan of the per-dimension rollups
-    answers everything; otherwise the full-key rollups grouped by all dims are split.
+    Without filters the per-dimension rollups answer all of it in one scan per level;
+    otherwise the full-key rollups grouped by all dims are split.
     """
     totals = Metrics()
-    by: dict[str, dict[Any, Metrics]] = {d: {} for d in dims}
     if end_ms <= start_ms:
-        return totals, by
-
-    def add(key_dims: Sequence[Any], vals: Sequence[Any], names: Sequence[str], sign: int) -> None:
-        _add(holder, (), vals, names, sign)
-        for d, value in zip(dims, key_dims, strict=True):
-            _add(by[d], (value,), vals, names, sign)
-
-    holder: dict[tuple[Any, ...], Metrics] = {(): totals}
+        return totals, {d: {} for d in dims}
     names = [*_SCALAR_NAMES, *latency_bucket_columns]
-    if single_dimension(filters, ()) != "*":
-        rows = await grouped_metrics(conn, start_ms, end_ms, filters, tuple(dims))
-        for key, m in rows.items():
-            totals.merge(m)
-            for d, value in zip(dims, key, strict=True):
-                slot = by[d].get(value)
-                if slot is None:
-                    slot = by[d][value] = Metrics()
-                slot.merge(m)
-        return totals, by
-    day_spans, hour_spans, positive, negative = _plan_buckets([start_ms, end_ms])
-    for table, time_name, spans in (
-        (usage_daily_dim, "day_ms", day_spans),
-        (usage_hourly_dim, "hour_ms", hour_spans),
-    ):
-        spans = _merge_spans(spans)
-        if not spans:
-            continue
-        cols = table.c
-        t = cols[time_name]
-        stmt = (
-            select(cols.dim, cols.value, *[func.sum(cols[c]) for c in names])
-            .where(
-                or_(*[and_(t >= lo, t < hi) for lo, hi in spans]),
-                cols.dim.in_(["*", *dims]),
-                *_status_clauses(cols, filters),
-            )
-            .group_by(cols.dim, cols.value)
-        )
-        for row in await conn.execute(stmt):
-            dim, value = row[0], row[1]
-            if dim == "*":
-                _add(holder, (), row[2:], names, 1)
-            else:
-                _add(by[dim], (int(value) if dim in _INT_DIMS else value,), row[2:], names, 1)
-    e = usage_events.c
-    event_dims = [_event_dim(d) for d in dims]
-    for spans, sign in ((_merge_spans(positive), 1), (_merge_spans(negative), -1)):
-        if not spans:
-            continue
-        stmt = (
-            select(*event_dims, *_event_sum_columns(names))
-            .where(
-                or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in spans]),
-                *_filter_clauses(e, filters, _served_model()),
-            )
-            .group_by(*event_dims)
-        )
-        for row in await conn.execute(stmt):
-            if row[len(dims)]:
-                add(row[: len(dims)], row[len(dims) :], names, sign)
-    for d in dims:
-        for k in [k for k, m in by[d].items() if m.requests == 0]:
-            del by[d][k]
-    return totals, by
+    holder: Acc = {}
+    grouped: dict[str, Acc] = {d: {} for d in dims}
+    dim_path = single_dimension(filters, ()) == "*"  # no filters at all
+
+    def rollup_keys(cols: Any) -> list[ColumnElement[Any]]:
+        return [cols.dim, cols.value] if dim_path else [cols[d] for d in dims]
+
+    def rollup_where(cols: Any) -> list[ColumnElement[bool]]:
+        if dim_path:
+            return [cols.dim.in_(["*", *dims])]
+        return [*_filter_clauses(cols, filters, cols.model)]
+
+    def split(keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
+        _acc(holder, (), vals, sign)
+        for d, value in zip(dims, keys, strict=True):
+            _acc(grouped[d], (value,), vals, sign)
+
+    def rollup_sink(_bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
+        if not dim_path:
+            split(keys, vals, sign)
+        elif keys[0] == "*":
+            _acc(holder, (), vals, sign)
+        else:
+            _acc(grouped[keys[0]], (int(keys[1]) if keys[0] in _INT_DIMS else keys[1],), vals, sign)
+
+    def event_sink(_bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
+        split(keys, vals, sign)
+
+    groups = plan_buckets([start_ms, end_ms])
+    tables = (usage_daily_dim, usage_hourly_dim) if dim_path else (usage_daily, usage_hourly)
+    event_keys = [_event_dim(d) for d in dims]
+    rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
+    raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
+    await _read_spans(
+        conn, rollup_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, rollup_sink
+    )
+    await _read_spans(
+        conn, raw_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, event_sink
+    )
+    totals = _metrics(holder, names).get((), totals)
+    return totals, {d: {k[0]: m for k, m in _metrics(items, names).items()} for d, items in grouped.items()}

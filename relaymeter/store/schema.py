@@ -207,7 +207,6 @@ def _dim_rollup_table(name: str, time_column: str) -> Table:
         Column(time_column, BigInteger, nullable=False),
         Column("dim", String(16), nullable=False),
         Column("value", String(200), nullable=False),
-        Column("failed", Boolean, nullable=False),
         Column("requests", BigInteger, nullable=False, server_default="0"),
         Column("failures", BigInteger, nullable=False, server_default="0"),
         *_tokens(),
@@ -217,15 +216,23 @@ def _dim_rollup_table(name: str, time_column: str) -> Table:
         Column("ttft_sum_ms", BigInteger, nullable=False, server_default="0"),
         Column("ttft_count", BigInteger, nullable=False, server_default="0"),
         *[Column(c, BigInteger, nullable=False, server_default="0") for c in latency_bucket_columns],
-        UniqueConstraint(time_column, "dim", "value", "failed"),
+        UniqueConstraint(time_column, "dim", "value"),
     )
 
 
 # Per-dimension rollups (store/dim_rollups.py): the same sums as usage_hourly / usage_daily,
 # but keyed by ONE dimension at a time (dim = '*' for all, account_id, api_key_id, model,
-# endpoint, provider or source; value = that dimension's value as text). Totals and
-# single-dimension breakdowns read these: far fewer rows than the full-key rollups.
+# endpoint, provider or source; value = that dimension's value as text), successes and
+# failures together. Totals and single-dimension breakdowns read these: far fewer rows.
 usage_hourly_dim = _dim_rollup_table("usage_hourly_dim", "hour_ms")
+# Which hours hold events of one account / key / model: lets request lists filtered by a
+# rarely used value skip straight to those hours.
+Index(
+    "ix_usage_hourly_dim_dim_value_hour_ms",
+    usage_hourly_dim.c.dim,
+    usage_hourly_dim.c.value,
+    usage_hourly_dim.c.hour_ms,
+)
 usage_daily_dim = _dim_rollup_table("usage_daily_dim", "day_ms")
 
 # Price rows per model and origin: 'override' (user) > 'synced' > 'snapshot' (shipped).

@@ -63,7 +63,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env.update(
         RELAYMETER_DATA_DIR=str(data_dir),
         RELAYMETER_ADMIN_PASSWORD=PASSWORD,
-        RELAYMETER_COLLECTOR_ENABLED="false",
         RELAYMETER_LOG_LEVEL="warning",
     )
     log = (data_dir / "serve.log").open("wb")
@@ -99,7 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # a live sync Playwright loop would break the async tests after it
 def browser(server: Server) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -75,7 +75,7 @@ export function percent(ratio: number | null | undefined, digits = 1): string {
   return `${trimZeros(value.toFixed(digits))}%`
 }
 
-/** Milliseconds as a short duration: "850 ms", "1.25 s", "12.3 s", "2m 05s", "1h 02m", "3d 4h". */
+/** Milliseconds as a short duration: "850 ms", "1.25 s", "12.3 s", "2m 05s", "5m", "1h 02m", "3d 4h". */
 export function duration(ms: number | null | undefined): string {
   if (!isNum(ms)) return DASH
   if (ms < 0) return DASH
@@ -88,9 +88,9 @@ export function duration(ms: number | null | undefined): string {
   const h = Math.floor((total % 86400) / 3600)
   const m = Math.floor((total % 3600) / 60)
   const sec = total % 60
-  if (d > 0) return `${d}d ${h}h`
-  if (h > 0) return `${h}h ${String(m).padStart(2, '0')}m`
-  return `${m}m ${String(sec).padStart(2, '0')}s`
+  if (d > 0) return h ? `${d}d ${h}h` : `${d}d`
+  if (h > 0) return m ? `${h}h ${String(m).padStart(2, '0')}m` : `${h}h`
+  return sec ? `${m}m ${String(sec).padStart(2, '0')}s` : `${m}m`
 }
 
 /** Seconds as a clock countdown: 299 -> "4:59", 3723 -> "1:02:03". */

@@ -1,0 +1,2 @@
+"""CLIProxyAPI (CPA) integration: management client, usage-queue consumers (HTTP, RESP), the
+collector service and its connection admin."""

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from relaymeter.ingest.cliproxy.checks import CheckResult, check_cpa
-from relaymeter.ingest.cliproxy.management import normalize_base_url
+from relaymeter.ingest.cliproxy.management import ManagementClient, normalize_base_url
 from relaymeter.ingest.cliproxy.runner import MODES, ConnectionRunner, ConnectionSettings
 from relaymeter.state import AppState
 from relaymeter.store import collector as store
@@ -30,6 +30,7 @@ __all__ = [
     "ConnectionInvalid",
     "add_connection",
     "edit_connection",
+    "management_client",
     "remove_connection",
 ]
 
@@ -136,7 +137,7 @@ async def add_connection(
     clean.setdefault("enabled", True)
     await _check_conflicts(state, clean)
     result = None
-    if check:
+    if check or enable_publishing:  # turning publishing on needs CPA anyway
         result = await check_cpa(
             clean["base_url"],
             clean["management_key"],
@@ -169,7 +170,7 @@ async def edit_connection(
     await _check_conflicts(state, clean, own_id=connection_id)
     result = None
     relevant = {"base_url", "management_key", "mode", "poll_interval_ms"} & clean.keys()
-    if check and (relevant or enable_publishing):
+    if (check and relevant) or enable_publishing:
         try:
             key = clean.get("management_key") or state.box.decrypt(row.management_key_enc)
         except ValueError as exc:
@@ -221,3 +222,14 @@ async def replay_spool(state: AppState, row: CPAConnectionRow) -> int:
         keep_raw=state.settings.store_raw_payloads,
     )
     return await runner.replay_spool()
+
+
+async def management_client(
+    state: AppState, *, name: str | None = None, connection_id: int | None = None
+) -> ManagementClient:
+    """A ManagementClient for a saved connection (use ``async with``); for the quota engine's
+    api-call passthrough and the CPA panel proxy. LookupError / ValueError when it cannot."""
+    row = await store.get_connection(state.db, connection_id=connection_id, name=name)
+    if row is None:
+        raise LookupError(f"no CPA connection {name or connection_id!r}")
+    return ManagementClient(row.base_url, state.box.decrypt(row.management_key_enc))

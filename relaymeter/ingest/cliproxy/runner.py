@@ -245,12 +245,15 @@ class ConnectionRunner:
             except Exception as exc:
                 self._error("store", f"cannot take the consumer lease: {exc}")
                 if once:
+                    st.state = "failed"
                     return False
                 await self._sleep(self._backoff.next())
                 continue
             if lease.acquired:
                 self._lease_renewed = time.monotonic()
                 st.lease_holder = None
+                if st.state == "lease_wait":
+                    st.state = "starting"
                 return True
             st.state = "lease_wait"
             st.lease_holder = lease.holder

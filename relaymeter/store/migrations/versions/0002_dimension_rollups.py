@@ -39,9 +39,8 @@ def _table(name: str, time_column: str) -> None:
         sa.Column(time_column, sa.BigInteger(), nullable=False),
         sa.Column("dim", sa.String(length=16), nullable=False),
         sa.Column("value", sa.String(length=200), nullable=False),
-        sa.Column("failed", sa.Boolean(), nullable=False),
         *[sa.Column(c, sa.BigInteger(), server_default="0", nullable=False) for c in SUMS],
-        sa.UniqueConstraint(time_column, "dim", "value", "failed", name=f"uq_{name}_{time_column}_dim_value_failed"),
+        sa.UniqueConstraint(time_column, "dim", "value", name=f"uq_{name}_{time_column}_dim_value"),
     )
 
 
@@ -52,15 +51,15 @@ def upgrade() -> None:
     totals = ", ".join(f"SUM({c})" for c in SUMS)
     for dim in ("*", *DIMS):
         value = "''" if dim == "*" else f"CAST({dim} AS VARCHAR(200))"
-        group = "hour_ms, failed" if dim == "*" else f"hour_ms, {dim}, failed"
+        group = "hour_ms" if dim == "*" else f"hour_ms, {dim}"
         op.execute(
-            f"INSERT INTO usage_hourly_dim (hour_ms, dim, value, failed, {sums}) "
-            f"SELECT hour_ms, '{dim}', {value}, failed, {totals} FROM usage_hourly GROUP BY {group}"
+            f"INSERT INTO usage_hourly_dim (hour_ms, dim, value, {sums}) "
+            f"SELECT hour_ms, '{dim}', {value}, {totals} FROM usage_hourly GROUP BY {group}"
         )
     op.execute(
-        f"INSERT INTO usage_daily_dim (day_ms, dim, value, failed, {sums}) "
-        f"SELECT hour_ms - hour_ms % 86400000, dim, value, failed, {totals} FROM usage_hourly_dim "
-        "GROUP BY hour_ms - hour_ms % 86400000, dim, value, failed"
+        f"INSERT INTO usage_daily_dim (day_ms, dim, value, {sums}) "
+        f"SELECT hour_ms - hour_ms % 86400000, dim, value, {totals} FROM usage_hourly_dim "
+        "GROUP BY hour_ms - hour_ms % 86400000, dim, value"
     )
 
 
