@@ -338,7 +338,9 @@ _TOKEN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-_ALIAS_RANK = {name: (bucket, rank) for bucket, names in _TOKEN_ALIASES.items() for rank, name in enumerate(names)}
+_ALIAS_RANK = {
+    name: (bucket, rank) for bucket, names in _TOKEN_ALIASES.items() for rank, name in enumerate(names)
+}
 
 
 def _read_tokens(record: dict[str, Any]) -> dict[str, int]:
