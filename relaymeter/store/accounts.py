@@ -141,7 +141,7 @@ async def create_accounts(db: Database, items: Iterable[dict[str, Any]], origin:
                 raise AccountExists(f"an account with the same credential already exists ({row['name']})")
             taken.add(row["external_id"])
             result = await conn.execute(insert(accounts).values(**row))
-            ids.append(int(result.inserted_primary_key[0]))
+            ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
     return ids
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +68,18 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
-    def begin(self) -> Any:
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
         """``async with db.begin() as conn``: one write transaction, committed on success.
 
         On SQLite it starts with BEGIN IMMEDIATE, so reads inside it see the latest data and
-        no other writer can commit between them and the writes.
+        no other writer can commit between them and the writes. Reads through ``connect()``
+        start a plain (deferred) BEGIN and never block writers.
         """
-        return self.engine.begin()
+        async with self.engine.connect() as conn:
+            await conn.execution_options(relaymeter_write=True)
+            async with conn.begin():
+                yield conn
 
     def connect(self) -> Any:
         return self.engine.connect()
@@ -101,7 +108,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    write = conn.get_execution_options().get("relaymeter_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 AsyncConn = AsyncConnection

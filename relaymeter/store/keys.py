@@ -65,7 +65,7 @@ async def create_key(db: Database, key_hash: str, prefix: str, values: dict[str,
     row.update(origin=GATEWAY, key_hash=key_hash, prefix=prefix, created_ms=now, updated_ms=now)
     async with db.begin() as conn:
         result = await conn.execute(insert(api_keys).values(**row))
-        return int(result.inserted_primary_key[0])
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 async def list_keys(db: Database, *, origin: str | None = None) -> list[dict[str, Any]]:

@@ -403,7 +403,7 @@ async def reprice(
             last_id = int(rows[-1][0])
             deltas: dict[tuple[Any, ...], int] = {}
             updates: list[tuple[int, bool, int]] = []
-            for (
+            for (  # type: ignore[misc]  # Row typing: 18 plain columns
                 row_id,
                 ts_ms,
                 account_id,

@@ -6,6 +6,7 @@ import bisect
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal_column, or_, select
@@ -24,6 +25,7 @@ from relaymeter.store.schema import (
     usage_events,
     usage_hourly,
     usage_hourly_dim,
+    usage_monthly_dim,
 )
 
 DIMENSIONS = ("account_id", "api_key_id", "model", "endpoint", "provider", "source")
@@ -348,37 +350,70 @@ def _cover_hours(
         lo, hour = y, end
 
 
-def _cover(lo: int, hi: int, bucket: int, out: dict[str, list[Span]]) -> None:
-    """Spans that read exactly the events in [lo, hi) into ``bucket``, reading as little as
-    possible: whole UTC days and hours from rollups; a day or hour mostly inside is read whole
-    and what lies outside is subtracted (e.g. the current day of a range that ends now)."""
+def _cover_days(
+    lo: int, hi: int, bucket: int, sign: int, out: dict[str, list[Span]], complement: bool
+) -> None:
     day = lo - lo % DAY_MS
     while lo < hi:
         end = day + DAY_MS
         x, y = lo, min(hi, end)
         if x == day and y == end:
-            out["day"].append((day, end, bucket, 1))
-        elif DAY_MS - (y - x) < y - x:
-            out["day"].append((day, end, bucket, 1))
-            _cover_hours(day, x, bucket, -1, out, False)
-            _cover_hours(y, end, bucket, -1, out, False)
+            out["day"].append((day, end, bucket, sign))
+        elif complement and DAY_MS - (y - x) < y - x:
+            out["day"].append((day, end, bucket, sign))
+            _cover_hours(day, x, bucket, -sign, out, False)
+            _cover_hours(y, end, bucket, -sign, out, False)
         else:
-            _cover_hours(x, y, bucket, 1, out, True)
+            _cover_hours(x, y, bucket, sign, out, complement)
         lo, day = y, end
+
+
+def _month_start(ts_ms: int) -> int:
+    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    return int(datetime(d.year, d.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def _next_month(month_ms: int) -> int:
+    d = datetime.fromtimestamp(month_ms / 1000, UTC)
+    return int(datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def _cover(lo: int, hi: int, bucket: int, out: dict[str, list[Span]], months: bool) -> None:
+    """Spans that read exactly the events in [lo, hi) into ``bucket``, reading as little as
+    possible: whole UTC months (per-dimension rollups only), days and hours from rollups; a
+    month, day or hour mostly inside is read whole and what lies outside is subtracted (e.g.
+    the current day of a range that ends now)."""
+    if not months:
+        _cover_days(lo, hi, bucket, 1, out, True)
+        return
+    month = _month_start(lo)
+    while lo < hi:
+        end = _next_month(month)
+        x, y = lo, min(hi, end)
+        if x == month and y == end:
+            out["month"].append((month, end, bucket, 1))
+        elif (end - month) - (y - x) < y - x:
+            out["month"].append((month, end, bucket, 1))
+            _cover_days(month, x, bucket, -1, out, False)
+            _cover_days(y, end, bucket, -1, out, False)
+        else:
+            _cover_days(x, y, bucket, 1, out, True)
+        lo, month = y, end
 
 
 def _disjoint(spans: list[Span]) -> bool:
     return all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
 
 
-def plan_buckets(bounds: Sequence[int]) -> dict[tuple[str, int], list[Span]]:
+def plan_buckets(bounds: Sequence[int], months: bool = False) -> dict[tuple[str, int], list[Span]]:
     """Labelled spans per (level, sign) covering every bucket [bounds[i], bounds[i + 1]).
 
     Within one (level, sign) group the spans never overlap, so each row maps to one bucket.
+    ``months``: monthly rollups exist for this query (the per-dimension ones).
     """
-    levels: dict[str, list[Span]] = {"day": [], "hour": [], "raw": []}
+    levels: dict[str, list[Span]] = {"month": [], "day": [], "hour": [], "raw": []}
     for i in range(len(bounds) - 1):
-        _cover(bounds[i], bounds[i + 1], i, levels)
+        _cover(bounds[i], bounds[i + 1], i, levels, months)
     groups: dict[tuple[str, int], list[Span]] = {}
     for level, spans in levels.items():
         for sign in (1, -1):
@@ -392,7 +427,7 @@ def plan_buckets(bounds: Sequence[int]) -> dict[tuple[str, int], list[Span]]:
             if merged:
                 groups[(level, sign)] = merged
     if not all(_disjoint(spans) for spans in groups.values()):  # never expected; stay exact anyway
-        levels = {"day": [], "hour": [], "raw": []}
+        levels = {"month": [], "day": [], "hour": [], "raw": []}
         for i in range(len(bounds) - 1):
             plan = plan_range(bounds[i], bounds[i + 1])
             levels["day"] += [(a, b, i, 1) for a, b in plan.days]
@@ -413,10 +448,15 @@ def _ranges(spans: Sequence[Span]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _rollup_where(col: ColumnElement[Any], spans: Sequence[Span], step: int) -> ColumnElement[bool]:
-    """Rows of the spans' whole hours / days: an IN list (an index lookup per value; SQLite
-    turns a long OR of ranges into a full table scan)."""
-    values = [v for lo, hi in _ranges(spans) for v in range(lo, hi, step)]
+def _rollup_where(col: ColumnElement[Any], spans: Sequence[Span], level: str) -> ColumnElement[bool]:
+    """Rows of the spans' whole hours / days / months: an IN list (an index lookup per value;
+    SQLite turns a long OR of ranges into a full table scan)."""
+    values: list[int] = []
+    for lo, hi in _ranges(spans):
+        v = lo
+        while v < hi and len(values) <= 5000:
+            values.append(v)
+            v = _next_month(v) if level == "month" else v + (DAY_MS if level == "day" else HOUR_MS)
     if len(values) <= 5000:
         return col.in_(values)
     return or_(*[and_(col >= lo, col < hi) for lo, hi in _ranges(spans)])
@@ -509,12 +549,21 @@ def _acc(store: Acc, key: tuple[Any, ...], vals: Sequence[Any], sign: int) -> No
         store[key] = [a - (b or 0) for a, b in zip(cur, vals, strict=True)]
 
 
+_ALL_SUMS = (*_SCALAR_NAMES, *latency_bucket_columns)
+
+
 def _metrics(store: Acc, names: Sequence[str]) -> dict[tuple[Any, ...], Metrics]:
     """Accumulated sums as Metrics (groups whose requests net to 0 are dropped)."""
     out: dict[tuple[Any, ...], Metrics] = {}
     req = names.index("requests")
+    every = tuple(names) == _ALL_SUMS
+    n = len(_SCALAR_NAMES)
     for key, vals in store.items():
         if not vals[req]:
+            continue
+        if every:  # one constructor call: much faster than a setattr per field
+            fields_: dict[str, Any] = dict(zip(_SCALAR_NAMES, map(int, vals[:n]), strict=True))
+            out[key] = Metrics(**fields_, latency_buckets=[int(v) for v in vals[n:]])
             continue
         m = Metrics()
         for name, v in zip(names, vals, strict=True):
@@ -525,6 +574,22 @@ def _metrics(store: Acc, names: Sequence[str]) -> dict[tuple[Any, ...], Metrics]
                 setattr(m, name, int(v))
         out[key] = m
     return out
+
+
+_SUM_CACHE: dict[tuple[str, tuple[str, ...]], list[ColumnElement[Any]]] = {}
+
+
+def _sums(table: Any, names: Sequence[str]) -> list[ColumnElement[Any]]:
+    """SUM() column expressions, built once per table and column set (they are immutable)."""
+    key = (table.name, tuple(names))
+    cols = _SUM_CACHE.get(key)
+    if cols is None:
+        if table is usage_events:
+            cols = _event_sum_columns(names)
+        else:
+            cols = [func.sum(table.c[c]) for c in names]
+        _SUM_CACHE[key] = cols
+    return cols
 
 
 Sink = Callable[[int, Sequence[Any], Sequence[Any], int], None]
@@ -538,24 +603,24 @@ async def _read_spans(
     rollup_keys: Callable[[Any], list[ColumnElement[Any]]],
     rollup_where: Callable[[Any], list[ColumnElement[bool]]],
     event_keys: Sequence[ColumnElement[Any]],
-    tables: tuple[Any, Any],
+    tables: tuple[Any, Any, Any],
     sink: Sink,
 ) -> None:
     """Run one query per (level, sign) group and hand every row to sink(bucket, keys, sums, sign)."""
-    daily, hourly = tables
+    monthly, daily, hourly = tables
     for (level, sign), spans in groups.items():
         starts = [s[0] for s in spans]
-        if level in ("day", "hour"):
-            table = daily if level == "day" else hourly
+        if level in ("month", "day", "hour"):
+            table = {"month": monthly, "day": daily, "hour": hourly}[level]
             cols = table.c
-            t = cols["day_ms" if level == "day" else "hour_ms"]
+            t = cols[f"{level}_ms"]
             in_sql = len(spans) <= _CASE_LIMIT
             label = _span_case(t, spans) if in_sql else t
             constant = in_sql and len({s[2] for s in spans}) == 1  # a literal: nothing to group by
             keys = rollup_keys(cols)
             stmt = (
-                select(label.label("tb"), *keys, *[func.sum(cols[c]) for c in names])
-                .where(_rollup_where(t, spans, DAY_MS if level == "day" else HOUR_MS), *rollup_where(cols))
+                select(label.label("tb"), *keys, *_sums(table, names))
+                .where(_rollup_where(t, spans, level), *rollup_where(cols))
                 .group_by(*([] if constant else [label]), *keys)
             )
             nkeys = len(keys)
@@ -573,7 +638,7 @@ async def _read_spans(
             nkeys = len(event_keys)
             for batch in batches:
                 stmt = (
-                    select(slot.label("slot"), *event_keys, *_event_sum_columns(names))
+                    select(slot.label("slot"), *event_keys, *_sums(usage_events, names))
                     .where(
                         or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in batch]),
                         *_filter_clauses(e, filters, _served_model()),
@@ -654,8 +719,12 @@ async def bucketed_sums(
     def event_sink(bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
         _acc(acc[bucket], tuple(keys), vals, sign)
 
-    groups = plan_buckets(bounds)
-    tables = (usage_daily_dim, usage_hourly_dim) if single else (usage_daily, usage_hourly)
+    groups = plan_buckets(bounds, months=single is not None)
+    tables = (
+        (usage_monthly_dim, usage_daily_dim, usage_hourly_dim)
+        if single
+        else (None, usage_daily, usage_hourly)
+    )
     event_keys = [_event_dim(d) for d in dims]
     rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
     raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
@@ -940,8 +1009,12 @@ async def breakdowns(
     def event_sink(_bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
         split(keys, vals, sign)
 
-    groups = plan_buckets([start_ms, end_ms])
-    tables = (usage_daily_dim, usage_hourly_dim) if dim_path else (usage_daily, usage_hourly)
+    groups = plan_buckets([start_ms, end_ms], months=dim_path)
+    tables = (
+        (usage_monthly_dim, usage_daily_dim, usage_hourly_dim)
+        if dim_path
+        else (None, usage_daily, usage_hourly)
+    )
     event_keys = [_event_dim(d) for d in dims]
     rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
     raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}

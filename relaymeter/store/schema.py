@@ -226,14 +226,16 @@ def _dim_rollup_table(name: str, time_column: str) -> Table:
 # failures together. Totals and single-dimension breakdowns read these: far fewer rows.
 usage_hourly_dim = _dim_rollup_table("usage_hourly_dim", "hour_ms")
 # Which hours hold events of one account / key / model: lets request lists filtered by a
-# rarely used value skip straight to those hours.
+# rarely used value skip straight to those hours. It leads with value so the query planner
+# only uses it when values are given (whole-hour reads keep the unique index).
 Index(
-    "ix_usage_hourly_dim_dim_value_hour_ms",
-    usage_hourly_dim.c.dim,
+    "ix_usage_hourly_dim_value_dim_hour_ms",
     usage_hourly_dim.c.value,
+    usage_hourly_dim.c.dim,
     usage_hourly_dim.c.hour_ms,
 )
 usage_daily_dim = _dim_rollup_table("usage_daily_dim", "day_ms")
+usage_monthly_dim = _dim_rollup_table("usage_monthly_dim", "month_ms")  # month_ms: UTC month start
 
 # Price rows per model and origin: 'override' (user) > 'synced' > 'snapshot' (shipped).
 model_prices = Table(
@@ -374,6 +376,7 @@ __all__ = [
     "usage_events",
     "usage_hourly",
     "usage_hourly_dim",
+    "usage_monthly_dim",
 ]
 
 ROLLUP_KEY_COLUMNS = (
