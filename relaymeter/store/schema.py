@@ -164,6 +164,22 @@ usage_events = Table(
 latency_bucket_columns = [f"lat_b{i}" for i in range(LATENCY_BUCKET_COUNT)]
 
 
+def _rollup_sums() -> list[Column[int]]:
+    """The additive columns every rollup table carries (counts, tokens, cost, latency histogram)."""
+    names = (
+        "requests",
+        "failures",
+        *TOKEN_COLUMNS,
+        "cost_micros",
+        "latency_sum_ms",
+        "latency_count",
+        "ttft_sum_ms",
+        "ttft_count",
+        *latency_bucket_columns,
+    )
+    return [Column(name, BigInteger, nullable=False, server_default="0") for name in names]
+
+
 def _rollup_table(name: str, time_column: str) -> Table:
     return Table(
         name,
@@ -176,15 +192,7 @@ def _rollup_table(name: str, time_column: str) -> Table:
         Column("source", String(80), nullable=False),
         Column("provider", String(40), nullable=False),
         Column("failed", Boolean, nullable=False),
-        Column("requests", BigInteger, nullable=False, server_default="0"),
-        Column("failures", BigInteger, nullable=False, server_default="0"),
-        *_tokens(),
-        Column("cost_micros", BigInteger, nullable=False, server_default="0"),
-        Column("latency_sum_ms", BigInteger, nullable=False, server_default="0"),
-        Column("latency_count", BigInteger, nullable=False, server_default="0"),
-        Column("ttft_sum_ms", BigInteger, nullable=False, server_default="0"),
-        Column("ttft_count", BigInteger, nullable=False, server_default="0"),
-        *[Column(c, BigInteger, nullable=False, server_default="0") for c in latency_bucket_columns],
+        *_rollup_sums(),
         # Time leads the unique key, so range scans need no other index (fewer index writes).
         UniqueConstraint(
             time_column, "account_id", "api_key_id", "model", "endpoint", "source", "provider", "failed"
@@ -207,15 +215,7 @@ def _dim_rollup_table(name: str, time_column: str) -> Table:
         Column(time_column, BigInteger, nullable=False),
         Column("dim", String(16), nullable=False),
         Column("value", String(200), nullable=False),
-        Column("requests", BigInteger, nullable=False, server_default="0"),
-        Column("failures", BigInteger, nullable=False, server_default="0"),
-        *_tokens(),
-        Column("cost_micros", BigInteger, nullable=False, server_default="0"),
-        Column("latency_sum_ms", BigInteger, nullable=False, server_default="0"),
-        Column("latency_count", BigInteger, nullable=False, server_default="0"),
-        Column("ttft_sum_ms", BigInteger, nullable=False, server_default="0"),
-        Column("ttft_count", BigInteger, nullable=False, server_default="0"),
-        *[Column(c, BigInteger, nullable=False, server_default="0") for c in latency_bucket_columns],
+        *_rollup_sums(),
         UniqueConstraint(time_column, "dim", "value"),
     )
 
