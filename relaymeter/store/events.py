@@ -324,7 +324,7 @@ def rollup_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
             sums[12] += ev.ttft_ms
             sums[13] += 1
     rows = []
-    for key, sums in sorted(acc.items(), key=lambda kv: repr(kv[0])):
+    for key, sums in acc.items():
         row = dict(zip(ROLLUP_KEY_COLUMNS, key, strict=True))
         row.update(zip(_SUM_COLUMNS, sums, strict=True))
         rows.append(row)
@@ -376,6 +376,10 @@ async def apply_rollup_rows(
         return
     if sign < 0:
         rows = [{k: (-v if k in _SUM_COLUMNS else v) for k, v in row.items()} for row in rows]
+    if not db.is_sqlite:
+        # Several PostgreSQL writers: upsert in one key order so concurrent batches can't
+        # deadlock (SQLite serializes writers, so it skips the sort).
+        rows = sorted(rows, key=lambda r: tuple(r[c] for c in ROLLUP_KEY_COLUMNS))
     days = daily_rows(rows)
     await dim_rollups.apply(db, conn, rows)  # per-dimension rollups follow the same increments
     if db.is_sqlite:
