@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import bisect
 import itertools
+import os
 import random
 import statistics
 import sys
@@ -172,7 +173,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
-async def bench(path: Path, requests: int, tz: str) -> list[tuple[str, float, float, int]]:
+async def bench(path: Path, requests: int, tz: str) -> list[tuple[str, float, float, int, float]]:
     cfg = load_settings(
         path / "none.toml",
         data_dir=path,
@@ -233,24 +234,41 @@ async def bench(path: Path, requests: int, tz: str) -> list[tuple[str, float, fl
                     res = await c.get(url, params=params)
                     assert res.status_code == 200, (name, res.status_code, res.text[:300])
                 times = []
+                cpu = []
                 for _ in range(requests):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     res = await c.get(url, params=params)
                     times.append((time.perf_counter() - t0) * 1000)
+                    cpu.append((time.process_time() - c0) * 1000)
                     assert res.status_code == 200, (name, res.text[:300])
-                results.append((name, statistics.median(times), pct(times, 0.95), len(res.content)))
-                print(f"{name:32s} p50 {results[-1][1]:7.1f} ms  p95 {results[-1][2]:7.1f} ms", flush=True)
+                results.append(
+                    (
+                        name,
+                        statistics.median(times),
+                        pct(times, 0.95),
+                        len(res.content),
+                        statistics.median(cpu),
+                    )
+                )
+                print(
+                    f"{name:32s} p50 {results[-1][1]:7.1f} ms  p95 {results[-1][2]:7.1f} ms"
+                    f"  CPU p50 {results[-1][4]:7.1f} ms",
+                    flush=True,
+                )
             panel_times = []
+            panel_cpu = []
             for _ in range(max(3, requests // 5)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = await c.get("/v0/management/usage", headers={"Authorization": f"Bearer {PANEL_KEY}"})
                 panel_times.append((time.perf_counter() - t0) * 1000)
+                panel_cpu.append((time.process_time() - c0) * 1000)
             results.append(
                 (
                     "cpa panel usage (50k details)",
                     statistics.median(panel_times),
                     pct(panel_times, 0.95),
                     len(res.content),
+                    statistics.median(panel_cpu),
                 )
             )
             print(
@@ -268,23 +286,41 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--requests", type=int, default=30, help="timed calls per endpoint")
     parser.add_argument(
-        "--tz", default="Asia/Kolkata", help="zone of the ranges (half-hour offset: worst case)"
+        "--tz",
+        default="Asia/Kolkata",
+        help="zone(s) of the ranges, comma-separated (a half-hour offset is the worst case)",
     )
     parser.add_argument(
         "--data", type=Path, default=None, help="store directory (default bench/data/analytics-<N>)"
     )
+    parser.add_argument("--build-only", action="store_true", help="build / top up the store, then stop")
     args = parser.parse_args()
     label = f"{args.events // 1_000_000}m" if args.events % 1_000_000 == 0 else str(args.events)
     path = args.data or DATA / f"analytics-{label}"
     path.mkdir(parents=True, exist_ok=True)
     await prepare(path, args.events, args.days, args.batch)
-    results = await bench(path, args.requests, args.tz)
+    if args.build_only:
+        return
+    zones = [z.strip() for z in args.tz.split(",") if z.strip()]
+    results: dict[str, list[tuple[str, float, float, int, float]]] = {}
+    load: dict[str, tuple[float, float, float]] = {}
+    for tz in zones:
+        print(f"--- {tz}", flush=True)
+        cpu0 = time.process_time()
+        results[tz] = await bench(path, args.requests, tz)
+        load[tz] = os.getloadavg()
+        print(f"process CPU {time.process_time() - cpu0:.1f} s; load average {load[tz][0]:.2f}", flush=True)
     count = await _count(path)
     print()
-    print(f"| endpoint ({count:,} events, tz {args.tz}) | p50 ms | p95 ms | response bytes |")
-    print("|---|---:|---:|---:|")
-    for name, p50, p95, size in results:
-        print(f"| {name} | {p50:.1f} | {p95:.1f} | {size:,} |")
+    heads = " | ".join(f"{tz} p50 / p95 (CPU p50) ms" for tz in zones)
+    print(f"| endpoint ({count:,} events) | {heads} | response bytes |")
+    print("|---|" + "---:|" * (len(zones) + 1))
+    for i, (name, *_rest) in enumerate(results[zones[0]]):
+        cells = " | ".join(
+            f"{results[tz][i][1]:.0f} / {results[tz][i][2]:.0f} ({results[tz][i][4]:.0f})" for tz in zones
+        )
+        print(f"| {name} | {cells} | {results[zones[-1]][i][3]:,} |")
+    print("load average (1 min) after each zone: " + ", ".join(f"{tz} {load[tz][0]:.2f}" for tz in zones))
 
 
 async def _count(path: Path) -> int:

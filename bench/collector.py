@@ -31,6 +31,7 @@ from sqlalchemy import text  # noqa: E402
 from relaymeter.app import open_state  # noqa: E402
 from relaymeter.config import load_settings  # noqa: E402
 from relaymeter.domain.events import normalize  # noqa: E402
+from relaymeter.ingest.cliproxy.records import RecordNormalizer  # noqa: E402
 from relaymeter.ingest.cliproxy.runner import ConnectionRunner, ConnectionSettings  # noqa: E402
 from relaymeter.ingest.writer import UsageWriter  # noqa: E402
 from relaymeter.pricing.sync import prepare_pricer  # noqa: E402
@@ -87,6 +88,7 @@ async def run(args: argparse.Namespace) -> None:
     proc, port = start_fake(args.records, args.mode == "resp")
     db, writer, schema = await open_store(args, tmp)
     writer.start()
+    normalizer = RecordNormalizer(args.workers)
     try:
         runner = ConnectionRunner(
             ConnectionSettings(
@@ -100,6 +102,7 @@ async def run(args: argparse.Namespace) -> None:
             writer=writer,
             holder="bench:0:00",
             keep_raw=not args.no_raw,
+            normalizer=normalizer,
         )
         wall0, cpu0 = time.perf_counter(), time.process_time()
         status = await runner.run(once=True)
@@ -108,6 +111,7 @@ async def run(args: argparse.Namespace) -> None:
         async with db.connect() as conn:
             stored = (await conn.execute(text("SELECT count(*) FROM usage_events"))).scalar_one()
     finally:
+        normalizer.close()
         await writer.close()
         await db.dispose()
         proc.kill()
@@ -124,7 +128,7 @@ async def run(args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print(
         f"collector drain: {args.records:,} records via {status.transport}, batch {args.batch_size}, "
-        f"{args.db}{', raw payloads off' if args.no_raw else ''}"
+        f"{args.db}{', raw payloads off' if args.no_raw else ''}, {args.workers} normalize worker(s)"
     )
     print(f"  wall {wall:.2f} s = {args.records / wall:,.0f} records/s   (target: 100,000 in < 10 s)")
     print(f"  collector CPU {cpu:.2f} s = {args.records / cpu:,.0f} records/s of CPU")
@@ -144,6 +148,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=("http", "resp"), default="http")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--no-raw", action="store_true", help="store_raw_payloads = false")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="normalize worker processes (collector_normalize_workers)"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -1,13 +1,13 @@
 """Gateway overhead: relaymeter versus calling a fake upstream directly, in the same run.
 
 Starts (all on 127.0.0.1) a fast fake Anthropic upstream twice (instant, and with a response
-delay), relaymeter in front of both (one run per upstream HTTP client: aiohttp, httpx), and
+delay), relaymeter in front of both (one run per upstream HTTP client: raw, aiohttp, httpx), and
 drives them with wrk (C, with a Lua script for the POST body; falls back to a small aiohttp
-load generator when wrk is missing). Reports requests/s and p50 / p99 latency per scenario
-and the latency relaymeter adds.
+load generator when wrk is missing). Reports requests/s, p50 / p99 latency and the CPU time
+of the serving process per request (Linux /proc) per scenario, and the latency relaymeter adds.
 
     python bench/gateway.py                 # 5 s per scenario
-    python bench/gateway.py --duration 3 --clients aiohttp
+    python bench/gateway.py --duration 3 --clients raw
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ JSON_RESPONSE = (
 )
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
 SSE_CHUNKS = [b"%x\r\n%s\r\n" % (len(e), e) for e in SSE_EVENTS] + [b"0\r\n\r\n"]
+SSE_RESPONSE = SSE_HEAD + b"".join(SSE_CHUNKS)
 _CL = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
@@ -131,12 +132,8 @@ class UpstreamProtocol(asyncio.Protocol):
     def respond(self, stream: bool) -> None:
         if self.transport.is_closing():
             return
-        if not stream:
-            self.transport.write(JSON_RESPONSE)
-            return
-        self.transport.write(SSE_HEAD)
-        for chunk in SSE_CHUNKS:
-            self.transport.write(chunk)
+        # One write per response: the canned bytes leave in one segment (cheap for both runs).
+        self.transport.write(SSE_RESPONSE if stream else JSON_RESPONSE)
 
 
 def serve_upstream(port: int, delay_ms: float) -> None:
@@ -159,7 +156,7 @@ def serve_upstream(port: int, delay_ms: float) -> None:
 # --- relaymeter -----------------------------------------------------------------------------------
 
 
-def serve_relay(port: int, client: str, data_dir: str) -> None:
+def serve_relay(port: int, client: str, data_dir: str, workers: int = 1) -> None:
     import uvicorn
 
     from relaymeter.app import create_app
@@ -173,7 +170,13 @@ def serve_relay(port: int, client: str, data_dir: str) -> None:
         gateway_http_client=client,
         log_level="warning",
         collector_enabled=False,
+        port=port,
     )
+    if workers > 1:
+        from relaymeter.workers import serve_workers
+
+        serve_workers(settings, workers)
+        return
     uvicorn.run(
         create_app(settings),
         host="127.0.0.1",
@@ -328,12 +331,58 @@ async def _py_load(url: str, key: str, body: str, conns: int, duration: float) -
     }
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time so far of a process, its threads and its live child processes
+    (the relay's workers), from Linux /proc; None elsewhere."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+        )
+    if pid not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for candidate, (parent, _cpu) in stats.items():
+        children.setdefault(parent, []).append(candidate)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats[current][1]
+        todo.extend(children.get(current, ()))
+    return total
+
+
 def load(
-    url: str, key: str, body: str, conns: int, threads: int, duration: float, tmp: Path
+    url: str,
+    key: str,
+    body: str,
+    conns: int,
+    threads: int,
+    duration: float,
+    tmp: Path,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
+    before = cpu_seconds(server_pid) if server_pid else None
     if shutil.which("wrk"):
-        return run_wrk(url, key, body, conns, threads, duration, tmp)
-    return asyncio.run(_py_load(url, key, body, conns, duration))
+        res = run_wrk(url, key, body, conns, threads, duration, tmp)
+    else:
+        res = asyncio.run(_py_load(url, key, body, conns, duration))
+    after = cpu_seconds(server_pid) if server_pid else None
+    if before is not None and after is not None and res["rps"]:
+        res["server_cpu_ms_per_req"] = round((after - before) * 1000 / (res["rps"] * duration), 3)
+    return res
+
+
+def _cpu(res: dict[str, Any]) -> str:
+    value = res.get("server_cpu_ms_per_req")
+    return f"  cpu {value:5.3f} ms/req" if value is not None else ""
 
 
 def main() -> None:
@@ -341,10 +390,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per scenario")
-    parser.add_argument("--clients", default="aiohttp,httpx", help="upstream HTTP clients to compare")
+    parser.add_argument(
+        "--clients", default="raw,aiohttp,httpx", help="upstream HTTP clients of relaymeter to compare"
+    )
     parser.add_argument("--delay-ms", type=float, default=50.0, help="response delay of the slow upstream")
     parser.add_argument(
         "--concurrency", type=int, default=128, help="streaming clients against the slow upstream"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="relaymeter server processes (relaymeter serve --workers)"
     )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
@@ -355,7 +409,7 @@ def main() -> None:
         serve_upstream(args.serve_upstream, args.delay_ms)
         return
     if args.serve_relay:
-        serve_relay(args.serve_relay, args.client, args.data_dir)
+        serve_relay(args.serve_relay, args.client, args.data_dir, args.workers)
         return
 
     generator = (
@@ -364,7 +418,10 @@ def main() -> None:
         else "python aiohttp load generator (wrk not found)"
     )
     print(
-        f"load generator: {generator}; {os.cpu_count()} CPUs; {args.duration:.0f} s per scenario", flush=True
+        f"load generator: {generator}; {os.cpu_count()} CPUs; {args.duration:.0f} s per scenario; "
+        f"relaymeter workers: {args.workers}; "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
     )
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {"generator": generator, "scenarios": {}}
@@ -389,36 +446,48 @@ def main() -> None:
             ]
             for name, model, stream, conns, threads in scenarios:
                 url = direct_slow if model == "slow" else direct_instant
-                res = load(url, "none", request_body(model, stream), conns, threads, d, tmp)
+                upstream = procs[1] if model == "slow" else procs[0]
+                res = load(url, "none", request_body(model, stream), conns, threads, d, tmp, upstream.pid)
                 results["scenarios"].setdefault(name, {})["direct"] = res
                 print(
-                    f"  direct   {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms",
+                    f"  direct   {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}",
                     flush=True,
                 )
             for client in [c.strip() for c in args.clients.split(",") if c.strip()]:
                 relay_port = free_port()
                 data_dir = tmp / f"relay-{client}"
                 relay = spawn(
-                    "--serve-relay", str(relay_port), "--client", client, "--data-dir", str(data_dir)
+                    "--serve-relay",
+                    str(relay_port),
+                    "--client",
+                    client,
+                    "--data-dir",
+                    str(data_dir),
+                    "--workers",
+                    str(args.workers),
                 )
                 procs.append(relay)
                 wait_port(relay_port, 60)
                 key = setup_relay(relay_port, instant_port, slow_port)
+                if args.workers > 1:
+                    time.sleep(7)  # every worker sees the new accounts and key (reload poll, 5 s)
                 relay_url = f"http://127.0.0.1:{relay_port}"
                 load(relay_url, key, request_body("instant", False), 4, 1, 1, tmp)  # warm up pools
                 for name, model, stream, conns, threads in scenarios:
-                    res = load(relay_url, key, request_body(model, stream), conns, threads, d, tmp)
+                    res = load(relay_url, key, request_body(model, stream), conns, threads, d, tmp, relay.pid)
                     results["scenarios"][name][client] = res
                     direct = results["scenarios"][name]["direct"]
                     extra = f"added p50 {res['p50_ms'] - direct['p50_ms']:+.2f} ms  throughput {res['rps'] / direct['rps']:6.1%} of direct"
                     errors = f"  non-2xx {res['non2xx']}" if res["non2xx"] else ""
                     print(
-                        f"  {client:<8} {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  {extra}{errors}",
+                        f"  {client:<8} {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}  {extra}{errors}",
                         flush=True,
                     )
                 relay.terminate()
                 relay.wait(30)
                 procs.remove(relay)
+        results["load_average_end"] = os.getloadavg()[0]
+        print(f"load average at the end {results['load_average_end']:.2f}", flush=True)
         print(json.dumps(results, indent=1))
     finally:
         for proc in procs:

@@ -71,6 +71,9 @@ GROUPS = {
     "source": "source",
 }
 OTHER_KEY = "__other__"
+# Groups with few values (models, endpoints...) are read for every bucket at once; accounts
+# and API keys (hundreds) are ranked first and read per bucket only for the top ones.
+FEW_VALUES = ("model", "endpoint", "provider", "source")
 OVERLOADED = 0.8
 IDLE = 0.2
 
@@ -262,6 +265,25 @@ async def timeseries(
         value = SumReader(columns)
         keep: list[Any] = [None]
         folded: set[Any] = set()
+    elif dim in FEW_VALUES:
+        # Every group per bucket in one pass; the ranking is their sum over the buckets.
+        columns, per_group = await queries.timeseries_sums(db, g.bounds, filters, (dim,), wanted)
+        value = SumReader(columns)
+        by_key: dict[Any, list[int]] = {}
+        for slot in per_group:
+            for key, sums in slot.items():
+                cur = by_key.get(key[0])
+                by_key[key[0]] = sums if cur is None else [a + b for a, b in zip(cur, sums, strict=True)]
+        ranked = sorted(by_key.items(), key=lambda kv: (-(value(kv[1], rank_metric) or 0), str(kv[0])))
+        keep = [k for k, _ in ranked[:top]]
+        folded = {k for k, _ in ranked[top:]}
+        per_bucket = []
+        for slot in per_group:
+            others = [sums for key, sums in slot.items() if key[0] in folded]
+            kept = {key: sums for key, sums in slot.items() if key[0] not in folded}
+            if others:
+                kept[(OTHER_KEY,)] = [sum(col) for col in zip(*others, strict=True)]
+            per_bucket.append(kept)
     else:
         # Rank the groups over the whole range, then read per-bucket values only for the top
         # ones; "other" is everything minus them (a few hundred rows instead of groups x buckets).
@@ -585,26 +607,30 @@ async def accounts_load(
     origin: str | None,
     services: Mapping[str, Any],
     now: int | None = None,
+    today_usage: Mapping[Any, Metrics] | None = None,
 ) -> dict[str, Any]:
-    """Today's use of every account against its daily caps, with load flags and live pool state."""
+    """Today's use of every account against its daily caps, with load flags and live pool state.
+    ``today_usage``: metrics by account id since the start of today, when the caller has them."""
     current = now if now is not None else now_ms()
     day = (start_of_day_ms(current, tz), current + 1)
     rows = await accounts_store.list_accounts(db, origin=origin)
-    usage = (
-        await queries.metrics_by(
-            db,
-            {"day": day},
-            "account_id",
-            columns=(
-                "requests",
-                "failures",
-                "total_tokens",
-                "cost_micros",
-                "latency_sum_ms",
-                "latency_count",
-            ),
-        )
-    )["day"]
+    usage = today_usage
+    if usage is None:
+        usage = (
+            await queries.metrics_by(
+                db,
+                {"day": day},
+                "account_id",
+                columns=(
+                    "requests",
+                    "failures",
+                    "total_tokens",
+                    "cost_micros",
+                    "latency_sum_ms",
+                    "latency_count",
+                ),
+            )
+        )["day"]
     snapshot = gateway_snapshot(services)
     live = _by_id(snapshot.get("accounts", {}))
     all_requests = sum(m.requests for k, m in usage.items() if k) or 0
@@ -714,11 +740,23 @@ async def overview(
     week0 = start_of_day_ms(day0 - 6 * DAY_MS + HOUR_MS * 12, tz)
     days = grid(week0, current + 1, "day", tz)
     hours = grid(day0, current + 1, "hour", tz)
-    daily = await queries.timeseries(db, days.bounds)
-    hourly = await queries.timeseries(db, hours.bounds)
+    if days.bounds[-2] == day0 == hours.bounds[0]:
+        # One pass: the earlier days, then today's hours (today's day point is their sum).
+        both = await queries.timeseries(db, days.bounds[:-1] + hours.bounds[1:])
+        earlier, hourly = both[: len(days) - 1], both[len(days) - 1 :]
+        today_sum = Metrics()
+        for slot in hourly:
+            if () in slot:
+                today_sum.merge(slot[()])
+        daily = [*earlier, {(): today_sum} if today_sum.requests else {}]
+    else:
+        daily = await queries.timeseries(db, days.bounds)
+        hourly = await queries.timeseries(db, hours.bounds)
 
     async with db.connect() as conn:
-        totals, by = await queries.breakdowns(conn, day0, current + 1, Filters(), ("api_key_id", "model"))
+        totals, by = await queries.breakdowns(
+            conn, day0, current + 1, Filters(), ("api_key_id", "model", "account_id")
+        )
     by_key: dict[int, Metrics] = {int(k): m for k, m in by["api_key_id"].items()}
     by_model: dict[str, Metrics] = {str(k): m for k, m in by["model"].items()}
     key_rank = sorted(
@@ -727,7 +765,9 @@ async def overview(
     key_names = await queries.dimension_names(db, "api_key_id", [k for k, _ in key_rank[:top]])
     model_rank = sorted(by_model.items(), key=lambda kv: (-kv[1].total_tokens, kv[0]))
 
-    load = await accounts_load(db, tz=tz, tz_name=tz_name, origin=None, services=services, now=current)
+    load = await accounts_load(
+        db, tz=tz, tz_name=tz_name, origin=None, services=services, now=current, today_usage=by["account_id"]
+    )
     recent_rows = await queries.recent_requests(db, limit=recent)
     d = totals.to_dict()
 

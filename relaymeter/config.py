@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="sqlite+aiosqlite:///... or postgresql+asyncpg://...")
     host: str = Field("127.0.0.1", description="bind address of relaymeter serve")
     port: int = Field(8320, ge=1, le=65535, description="bind port of relaymeter serve")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="processes of relaymeter serve sharing the port (gateway limits stay exact)",
+    )
     timezone: str = Field("local", description="IANA time zone for reports and calendar limits")
     week_start: Literal["monday", "sunday", "saturday"] = Field("monday", description="first day of a week")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -53,6 +59,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(0, ge=0, description="delete raw events older than this (0 = keep)")
 
     collector_enabled: bool = Field(True, description="run the CPA collector inside serve")
+    collector_normalize_workers: int = Field(
+        1, ge=0, le=16, description="worker processes normalizing popped records (0 = in-process)"
+    )
     quota_refresh_interval_s: int = Field(300, ge=10)
     quota_force_cooldown_s: int = Field(300, ge=0)
     quota_max_parallel: int = Field(4, ge=1, le=64)
@@ -67,7 +76,9 @@ class Settings(BaseSettings):
         "relaymeter", min_length=1, description="key prefix of shared counters in Redis"
     )
     gateway_enabled: bool = Field(True, description="serve /v1/* relay routes")
-    gateway_http_client: Literal["aiohttp", "httpx"] = Field("aiohttp", description="upstream HTTP client")
+    gateway_http_client: Literal["raw", "aiohttp", "httpx"] = Field(
+        "raw", description="upstream HTTP client (raw: lean HTTP/1.1 client, proxied requests via aiohttp)"
+    )
     gateway_max_attempts: int = Field(3, ge=1, le=10, description="accounts tried per request (failover)")
     gateway_sticky_ttl_s: int = Field(3600, ge=0, description="how long a session sticks to its account")
     gateway_reload_interval_s: float = Field(5.0, ge=0.5, description="poll for account/key changes")

@@ -365,6 +365,8 @@ async def test_overview_one_call(seeded: tuple[httpx.AsyncClient, list[dict[str,
     )
     assert sum(p["total_tokens"] for p in body["hourly_today"]) == k["tokens_today"]
     assert sum(m["total_tokens"] for m in body["tokens_by_model"]) == k["tokens_today"]
+    for a in body["accounts"]:
+        assert a["requests_today"] == sum(1 for r in today if r["account_id"] == a["account_id"])
     assert len(body["recent_requests"]) == 10
     assert body["recent_requests"][0]["ts_ms"] == max(r["ts_ms"] for r in rows)
     assert body["hourly_today"][0]["start_ms"] == start

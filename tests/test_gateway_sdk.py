@@ -32,11 +32,11 @@ OPENAI_BUCKETS = {
 }
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=["raw", "aiohttp", "httpx"])
 async def env(
     make_settings: Callable[..., Settings], request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayEnv]:
-    """Every SDK test runs with both upstream HTTP clients."""
+    """Every SDK test runs with each upstream HTTP client."""
     async with gateway_env(
         make_settings(admin_token=ADMIN_TOKEN, gateway_http_client=request.param)
     ) as environment:

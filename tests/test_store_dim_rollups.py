@@ -8,18 +8,19 @@ from typing import Any
 from alembic import command
 from sqlalchemy import text
 
-from relaymeter.store import dim_rollups, migrate
 from relaymeter.store import events as store_events
+from relaymeter.store import increments, migrate
 from relaymeter.store.db import Database
+from relaymeter.store.increments import SLOT_MS, Increments
 from tests.analytics_seed import make_events, seed
 
 BASE = 1_790_000_000_000
-SUMS = ", ".join(f"SUM({c})" for c in dim_rollups.SUM_COLUMNS)
+SUMS = ", ".join(f"SUM({c})" for c in increments.SUM_COLUMNS)
 
 
 async def expected_from_full(db: Database) -> list[tuple[Any, ...]]:
     parts = []
-    for dim in ("*", *dim_rollups.DIMS):
+    for dim in ("*", *increments.DIMS):
         value = "''" if dim == "*" else f"CAST({dim} AS VARCHAR(200))"
         group = "hour_ms" if dim == "*" else f"hour_ms, {dim}"
         parts.append(
@@ -32,7 +33,7 @@ async def expected_from_full(db: Database) -> list[tuple[Any, ...]]:
 
 
 async def dim_rows(db: Database, table: str, time_column: str) -> list[tuple[Any, ...]]:
-    cols = ", ".join(dim_rollups.SUM_COLUMNS)
+    cols = ", ".join(increments.SUM_COLUMNS)
     async with db.connect() as conn:
         rows = [
             tuple(r)
@@ -55,15 +56,30 @@ async def daily_from_hourly(db: Database) -> list[tuple[Any, ...]]:
     return sorted((r for r in rows if any(r[3:])), key=lambda r: (r[0], r[1], str(r[2])))
 
 
+async def hourly_from_slots(db: Database) -> list[tuple[Any, ...]]:
+    async with db.connect() as conn:
+        rows = [
+            tuple(r)
+            for r in await conn.execute(
+                text(
+                    f"SELECT slot_ms - slot_ms % 3600000, dim, value, {SUMS} FROM usage_15m_dim "
+                    "GROUP BY slot_ms - slot_ms % 3600000, dim, value"
+                )
+            )
+        ]
+    return sorted((r for r in rows if any(r[3:])), key=lambda r: (r[0], r[1], str(r[2])))
+
+
 async def assert_consistent(db: Database) -> None:
     hourly = await dim_rows(db, "usage_hourly_dim", "hour_ms")
     assert hourly == await expected_from_full(db)
+    assert hourly == await hourly_from_slots(db)
     daily = await dim_rows(db, "usage_daily_dim", "day_ms")
     assert daily == await daily_from_hourly(db)
     assert hourly
     months: dict[tuple[Any, ...], list[int]] = {}
     for day, dim, value, *vals in daily:
-        key = (dim_rollups.month_start_ms(day), dim, value)
+        key = (increments.month_start_ms(day), dim, value)
         months[key] = [a + b for a, b in zip(months.get(key, [0] * len(vals)), vals, strict=True)]
     want = sorted(((*k, *v) for k, v in months.items() if any(v)), key=lambda r: (r[0], r[1], str(r[2])))
     assert await dim_rows(db, "usage_monthly_dim", "month_ms") == want
@@ -74,13 +90,17 @@ async def test_inserts_and_signed_corrections_keep_dims_exact(db: Database) -> N
     await seed(db, events[:1500], batch=400)
     await seed(db, events, batch=700)  # duplicates change nothing
     await assert_consistent(db)
-    # A cost correction as repricing writes it: old increments out, new ones in.
-    rows = store_events.rollup_rows([e for e in events[:300] if e.account_id])
+    # Corrections as repricing writes them: cost-only deltas, and whole increments out and in.
+    sample = [e for e in events[:300] if e.account_id]
+    deltas: dict[tuple[Any, ...], int] = {}
+    for e in sample:
+        key = (e.ts_ms - e.ts_ms % SLOT_MS, e.account_id, e.api_key_id, e.priced_model, e.endpoint, e.source)
+        full = (*key, e.provider, e.failed)
+        deltas[full] = deltas.get(full, 0) + e.cost_micros + 7
     async with db.begin() as conn:
-        await store_events.apply_rollup_rows(db, conn, rows, sign=-1)
-        for r in rows:
-            r["cost_micros"] = r["cost_micros"] * 2 + 7
-        await store_events.apply_rollup_rows(db, conn, rows)
+        await store_events.apply_increments(db, conn, Increments.from_cost_deltas(deltas))
+        await store_events.apply_increments(db, conn, Increments.from_events(sample).negated())
+        await store_events.apply_increments(db, conn, Increments.from_events(sample[:100]))
     await assert_consistent(db)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -99,11 +98,11 @@ async def test_write_raises_for_an_unstorable_event(sqlite_db: Database) -> None
 
 async def test_listeners_see_new_events_only(sqlite_db: Database) -> None:
     writer = UsageWriter(sqlite_db, batch_size=10, linger_ms=1)
-    seen: asyncio.Queue[UsageEvent] = asyncio.Queue()
-    writer.listeners.append(seen)
+    seen: list[UsageEvent] = []
+    writer.listeners.append(seen.extend)
     writer.start()
     events = make_events(5, seed=27)
     await writer.write(events)
     await writer.write(events)
     await writer.close()
-    assert seen.qsize() == 5
+    assert sorted(e.event_hash for e in seen) == sorted(e.event_hash for e in events)

@@ -1,30 +1,32 @@
 """GET /metrics: Prometheus text from prometheus_client's default REGISTRY.
 
-Usage metrics (requests, tokens, cost, latency by route / account / model) are fed by a small
-service reading every newly stored event from a queue registered in ``writer.listeners``;
-writer statistics are read at scrape time. Other features register their own metrics
+Usage metrics (requests, tokens, cost, latency by route / account / model) are plain totals
+the writer's listener adds each committed batch to, rendered with the writer statistics at
+scrape time (no metric objects or locks on the write path). Other features register their own metrics
 (gateway, collector, quota) on the same registry. Optional bearer auth: ``metrics_token``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+from operator import attrgetter
 from typing import Any
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.responses import Response
 
 from relaymeter import __version__
 from relaymeter.api.errors import ApiError
 from relaymeter.domain.events import UsageEvent
-from relaymeter.domain.latency import LATENCY_BOUNDS_MS
+from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, bucket_index
 from relaymeter.state import AppState, get_state
 
 log = logging.getLogger(__name__)
@@ -33,29 +35,6 @@ router = APIRouter(tags=["metrics"])
 _LABELS = ["source", "route", "account", "model"]
 _SECONDS = [b / 1000 for b in LATENCY_BOUNDS_MS]
 
-REQUESTS = Counter(
-    "relaymeter_usage_requests",
-    "Requests stored as usage events, by outcome.",
-    [*_LABELS, "status"],
-)
-TOKENS = Counter(
-    "relaymeter_usage_tokens",
-    "Tokens of stored usage events by kind (input = uncached input, output includes reasoning).",
-    [*_LABELS, "kind"],
-)
-COST = Counter("relaymeter_usage_cost_usd", "Cost of stored usage events in US dollars.", _LABELS)
-LATENCY = Histogram(
-    "relaymeter_usage_latency_seconds",
-    "Request latency of stored usage events.",
-    ["route", "account", "model"],
-    buckets=_SECONDS,
-)
-TTFT = Histogram(
-    "relaymeter_usage_ttft_seconds",
-    "Time to first token of stored usage events.",
-    ["route", "model"],
-    buckets=_SECONDS,
-)
 _TOKEN_KINDS = (
     ("input", "input_tokens"),
     ("output", "output_tokens"),
@@ -63,25 +42,99 @@ _TOKEN_KINDS = (
     ("cache_read", "cache_read_tokens"),
     ("cache_creation", "cache_creation_tokens"),
 )
+_token_values = attrgetter(*(attr for _kind, attr in _TOKEN_KINDS))
+_BUCKET_LABELS = [*(floatToGoString(s) for s in _SECONDS), "+Inf"]
 
 
-def observe(event: UsageEvent) -> None:
-    """Count one newly stored event."""
-    route = event.endpoint or "-"
-    account = event.account_label or (str(event.account_id) if event.account_id else "-")
-    model = event.actual_model or event.model or "-"
-    labels = (event.source or "-", route, account, model)
-    REQUESTS.labels(*labels, "failed" if event.failed else "success").inc()
-    for kind, attr in _TOKEN_KINDS:
-        value = getattr(event, attr)
-        if value:
-            TOKENS.labels(*labels, kind).inc(value)
-    if event.cost_micros:
-        COST.labels(*labels).inc(event.cost_micros / 1_000_000)
-    if event.latency_ms is not None:
-        LATENCY.labels(route, account, model).observe(event.latency_ms / 1000)
-    if event.ttft_ms is not None:
-        TTFT.labels(route, model).observe(event.ttft_ms / 1000)
+class UsageTotals:
+    """Usage counters and latency histograms as plain numbers, updated once per written batch
+    and turned into metric families only when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        # (source, route, account, model) -> [success, failed, *tokens by kind, cost_micros]
+        self.counts: dict[tuple[str, str, str, str], list[int]] = {}
+        # labels -> [*bucket counts, sum in ms]
+        self.latency: dict[tuple[str, str, str], list[int]] = {}
+        self.ttft: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, events: Sequence[UsageEvent]) -> None:
+        """Count newly stored events (a writer listener)."""
+        counts, latency, ttft = self.counts, self.latency, self.ttft
+        width = LATENCY_BUCKET_COUNT + 1
+        for ev in events:
+            route = ev.endpoint or "-"
+            account = ev.account_label or (str(ev.account_id) if ev.account_id else "-")
+            model = ev.actual_model or ev.model or "-"
+            key = (ev.source or "-", route, account, model)
+            row = counts.get(key)
+            if row is None:
+                row = counts[key] = [0] * (3 + len(_TOKEN_KINDS))
+            row[1 if ev.failed else 0] += 1
+            for i, value in enumerate(_token_values(ev), start=2):
+                row[i] += value
+            row[-1] += ev.cost_micros
+            if ev.latency_ms is not None:
+                hist = latency.setdefault((route, account, model), [0] * width)
+                hist[bucket_index(ev.latency_ms)] += 1
+                hist[-1] += ev.latency_ms
+            if ev.ttft_ms is not None:
+                hist = ttft.setdefault((route, model), [0] * width)
+                hist[bucket_index(ev.ttft_ms)] += 1
+                hist[-1] += ev.ttft_ms
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "relaymeter_usage_requests",
+            "Requests stored as usage events, by outcome.",
+            labels=[*_LABELS, "status"],
+        )
+        tokens = CounterMetricFamily(
+            "relaymeter_usage_tokens",
+            "Tokens of stored usage events by kind (input = uncached input, output includes reasoning).",
+            labels=[*_LABELS, "kind"],
+        )
+        cost = CounterMetricFamily(
+            "relaymeter_usage_cost_usd", "Cost of stored usage events in US dollars.", labels=_LABELS
+        )
+        for labels, row in list(self.counts.items()):
+            for status, value in (("success", row[0]), ("failed", row[1])):
+                if value:
+                    requests.add_metric([*labels, status], value)
+            for (kind, _attr), value in zip(_TOKEN_KINDS, row[2:-1], strict=True):
+                if value:
+                    tokens.add_metric([*labels, kind], value)
+            if row[-1]:
+                cost.add_metric(list(labels), row[-1] / 1_000_000)
+        yield from (requests, tokens, cost)
+        yield _histogram(
+            "relaymeter_usage_latency_seconds",
+            "Request latency of stored usage events.",
+            ["route", "account", "model"],
+            self.latency,
+        )
+        yield _histogram(
+            "relaymeter_usage_ttft_seconds",
+            "Time to first token of stored usage events.",
+            ["route", "model"],
+            self.ttft,
+        )
+
+
+def _histogram(
+    name: str, doc: str, label_names: list[str], data: dict[Any, list[int]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=label_names)
+    for labels, hist in list(data.items()):
+        cumulative = list(accumulate(hist[:-1]))
+        family.add_metric(
+            list(labels),
+            buckets=list(zip(_BUCKET_LABELS, cumulative, strict=True)),
+            sum_value=hist[-1] / 1000,
+        )
+    return family
+
+
+TOTALS = UsageTotals()
 
 
 class _WriterCollector(Collector):
@@ -92,6 +145,7 @@ class _WriterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield _info()
+        yield from TOTALS.collect()
         state = self.state
         if state is None:
             return
@@ -142,43 +196,22 @@ with contextlib.suppress(ValueError):  # re-import in the same process (tests)
 
 
 class MetricsService:
-    """Feeds the usage metrics from the writer's listener queue."""
+    """Feeds the usage metrics: counts each batch of newly stored events as the writer commits it."""
 
     name = "metrics"
 
-    def __init__(self, state: AppState, maxsize: int = 100_000) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
-        self.queue: asyncio.Queue[UsageEvent] = asyncio.Queue(maxsize=maxsize)
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.state.writer.listeners.append(self.queue)
+        self.state.writer.listeners.append(TOTALS.add)
         _collector.state = self.state
-        self._task = asyncio.create_task(self._run(), name="usage-metrics")
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
-            self.state.writer.listeners.remove(self.queue)
+            self.state.writer.listeners.remove(TOTALS.add)
         if _collector.state is self.state:
             _collector.state = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            event = await self.queue.get()
-            try:
-                observe(event)
-            except Exception:  # a metric must never stop the feed
-                log.exception("usage metrics: could not count an event")
-
-    async def drain(self) -> None:
-        """Count everything queued so far (tests and shutdown)."""
-        while not self.queue.empty():
-            observe(self.queue.get_nowait())
 
 
 def metrics_service(state: AppState) -> MetricsService:
@@ -213,7 +246,4 @@ async def metrics(request: Request) -> Response:
             "send Authorization: Bearer <metrics_token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    service: Any = state.services.get("metrics")
-    if isinstance(service, MetricsService):
-        await service.drain()
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -23,8 +23,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="bind port (default 8320)")] = None,
     workers: Annotated[
-        int, typer.Option(help="uvicorn worker processes (use Redis + PostgreSQL for >1)")
-    ] = 1,
+        int | None,
+        typer.Option(help="server processes sharing the port (default: the workers setting, 1)"),
+    ] = None,
 ) -> None:
     """Start relaymeter (gateway, admin API, web console, collector)."""
     import uvicorn
@@ -39,8 +40,21 @@ def serve(
             "or set RELAYMETER_ADMIN_PASSWORD, or bind 127.0.0.1"
         )
     setup_logging(cfg.log_level, cfg.log_format)
-    if workers > 1:
-        common.fail("--workers > 1 is not supported in-process; run several instances with redis_url set")
+    count = workers if workers is not None else cfg.workers
+    if count < 1:
+        common.fail("--workers must be at least 1")
+    if count > 1:
+        from relaymeter.workers import serve_workers
+
+        common.console.print(
+            f"relaymeter listening on http://{cfg.host}:{cfg.port} ({count} worker processes)",
+            highlight=False,
+        )
+        try:
+            code = serve_workers(cfg, count)
+        except OSError as exc:
+            common.fail(f"cannot serve on {cfg.host}:{cfg.port}: {exc}")
+        raise typer.Exit(code)
     common.console.print(f"relaymeter listening on http://{cfg.host}:{cfg.port}", highlight=False)
     uvicorn.run(
         create_app(cfg),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
@@ -98,6 +98,7 @@ class Ctx:
     client_ip: str | None
     user_agent: str | None
     query: str
+    headers: dict[str, str]
     session: str | None = None
     strip_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -111,13 +112,24 @@ class Ctx:
 # --- entry points --------------------------------------------------------------------------
 
 
-def _gateway(request: Request) -> GatewayService | None:
-    service = request.app.state.rm.services.get("gateway")
+def _gateway(app: Any) -> GatewayService | None:
+    service = app.state.rm.services.get("gateway")
     return service if isinstance(service, GatewayService) else None
 
 
-def _authenticate(gw: GatewayService, request: Request, dialect: str, route: str) -> KeyRecord | Response:
-    headers = request.headers
+def header_dict(scope: Scope) -> dict[str, str]:
+    """The request headers as a dict (names lower-case; the first of repeated names wins)."""
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1")
+        if key not in out:
+            out[key] = value.decode("latin-1")
+    return out
+
+
+def _authenticate(
+    gw: GatewayService, headers: dict[str, str], dialect: str, route: str
+) -> KeyRecord | Response:
     secret = headers.get("x-api-key")
     if not secret:
         auth = headers.get("authorization", "")
@@ -142,6 +154,21 @@ def _authenticate(gw: GatewayService, request: Request, dialect: str, route: str
     return key
 
 
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client left first."""
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+        elif message["type"] == "http.disconnect":
+            return None
+
+
 def _denial_response(gw: GatewayService, dialect: str, denial: Denial) -> Response:
     now = gw.clock()
     headers = {"x-relaymeter-limit": denial.limit}
@@ -159,19 +186,22 @@ def _make_endpoint(route: str) -> Any:
     path, dialect, parse_dialect = _ROUTES[route]
 
     async def endpoint(request: Request) -> Response:
-        gw = _gateway(request)
+        return await handle(request.scope, request.receive)
+
+    async def handle(scope: Scope, receive: Receive) -> Response:
+        gw = _gateway(scope["app"])
         if gw is None:
             return error_response(dialect, 503, "the gateway is not running (gateway_enabled is off)")
-        auth = _authenticate(gw, request, dialect, route)
+        headers = header_dict(scope)
+        auth = _authenticate(gw, headers, dialect, route)
         if isinstance(auth, Response):
             return auth
         key = auth
-        length = request.headers.get("content-length")
+        length = headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return error_response(dialect, 413, f"request body larger than {MAX_BODY_BYTES // 2**20} MiB")
-        try:
-            body = await request.body()
-        except ClientDisconnect:
+        body = await _read_body(receive)
+        if body is None:
             return Response(status_code=499)
         try:
             payload = orjson.loads(body)
@@ -206,8 +236,7 @@ def _make_endpoint(route: str) -> Any:
         if denial is not None:
             metrics.REJECTED.labels(route, denial.limit).inc()
             return _denial_response(gw, dialect, denial)
-        key.in_flight_metric.inc()
-        client = request.scope.get("client")
+        client = scope.get("client")
         ctx = Ctx(
             gw=gw,
             route=route,
@@ -224,11 +253,12 @@ def _make_endpoint(route: str) -> Any:
             start_ms=now,
             t0=time.perf_counter_ns(),
             client_ip=client[0] if client else None,
-            user_agent=request.headers.get("user-agent"),
-            query=request.scope.get("query_string", b"").decode("latin-1"),
+            user_agent=headers.get("user-agent"),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
         )
         if len(gw.pool.accounts) > 1:
-            ctx.session = f"{key.id}:{session_key(route, payload, request.headers)}"
+            ctx.session = f"{key.id}:{session_key(route, payload, headers)}"
         if route == CHAT and stream:
             options = payload.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
@@ -238,12 +268,13 @@ def _make_endpoint(route: str) -> Any:
                 }
                 ctx.strip_usage = True
         try:
-            return await _relay(ctx, request)
+            return await _relay(ctx)
         except BaseException:
             await _finalize(ctx, status=500, error_kind="gateway_error", error_message="internal error")
             raise
 
     endpoint.__name__ = f"relay_{route}"
+    endpoint.handle = handle  # type: ignore[attr-defined]
     return endpoint
 
 
@@ -318,14 +349,12 @@ async def _acquire(ctx: Ctx, acc: Account) -> bool:
     ctx.account = acc
     ctx.acc_lease = lease
     acc.in_flight += 1
-    metrics.account_gauge(acc).inc()
     return True
 
 
 async def _release_attempt(ctx: Ctx, acc: Account) -> None:
     """Give back an account slot after an attempt that failed over (not served)."""
     acc.in_flight -= 1
-    metrics.account_gauge(acc).dec()
     lease, ctx.account, ctx.acc_lease = ctx.acc_lease, None, ""
     with contextlib.suppress(Exception):
         await ctx.gw.counters.release_account(
@@ -333,7 +362,7 @@ async def _release_attempt(ctx: Ctx, acc: Account) -> None:
         )
 
 
-async def _relay(ctx: Ctx, request: Request) -> Response:
+async def _relay(ctx: Ctx) -> Response:
     gw = ctx.gw
     pool = gw.pool
     max_attempts = gw.settings.gateway_max_attempts
@@ -360,7 +389,7 @@ async def _relay(ctx: Ctx, request: Request) -> Response:
         url = upstream_url(acc, ctx.route)
         if ctx.query:
             url += "?" + ctx.query
-        headers = request_headers(acc, request.headers, token)
+        headers = request_headers(acc, ctx.headers, token)
         body = _upstream_body(ctx, acc)
         acc.last_used_ms = ctx.start_ms
         try:
@@ -481,11 +510,17 @@ class RelayStream(Response):
         self.raw_headers = response_headers(resp.headers)
         self.streaming = True
         self.cancelled = False
+        self.started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
         tracker = self.tracker
+        it = self.it
         main = asyncio.current_task()
+        # Clients that tell whether the next chunk is already here (the raw client) let a stream
+        # that arrived whole go out in one body message, with no disconnect watcher at all.
+        ready = it if hasattr(it, "buffered") else None
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             while True:
@@ -496,25 +531,39 @@ class RelayStream(Response):
                         main.cancel()
                     return
 
-        watcher = asyncio.create_task(watch())
         error: str | None = None
         tail = b""
+        ended = False
         try:
             await send(
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
+            self.started = True
             chunk = self.first
             while True:
                 data = tracker.feed(chunk)
                 if ctx.ttft_ms is None and tracker.first_token:
                     ctx.ttft_ms = (time.perf_counter_ns() - ctx.t0) // 1_000_000
+                if ready is not None and ready.buffered:
+                    try:
+                        chunk = await it.__anext__()
+                    except StopAsyncIteration:
+                        ended = True
+                        await send({"type": "http.response.body", "body": data + tracker.finish()})
+                        break
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                    continue
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                if watcher is None:
+                    watcher = asyncio.create_task(watch())
                 try:
-                    chunk = await self.it.__anext__()
+                    chunk = await it.__anext__()
                 except StopAsyncIteration:
                     break
-            tail = tracker.finish()
+            if not ended:
+                tail = tracker.finish()
         except asyncio.CancelledError:
             if not self.cancelled:
                 raise
@@ -529,10 +578,11 @@ class RelayStream(Response):
                 metrics.UPSTREAM_ERRORS.labels(ctx.account.name, "stream").inc()
         finally:
             self.streaming = False
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             with contextlib.suppress(Exception):
                 await self.resp.close()
-            if not self.cancelled:
+            if not self.cancelled and not ended:
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
             await self._finish(error)
@@ -658,7 +708,6 @@ async def _finalize(
             acc.requests += 1
             if failed:
                 acc.failures += 1
-            metrics.account_gauge(acc).dec()
             await gw.counters.release_account(
                 acc.caps, ctx.acc_lease, served=True, tokens=tokens, cost=cost, now_ms=now
             )
@@ -666,7 +715,6 @@ async def _finalize(
     except Exception as exc:  # Redis down: the leases expire on their own
         log.error("releasing counters failed: %s", exc)
     finally:
-        ctx.key.in_flight_metric.dec()
         if cost:
             key = ctx.key
             key.avg_cost = cost if key.avg_cost == 0 else key.avg_cost * 0.8 + cost * 0.2
@@ -724,10 +772,10 @@ async def _model_ids(gw: GatewayService, key: KeyRecord, dialect: str) -> list[t
 
 async def models_endpoint(request: Request) -> Response:
     dialect = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
-    gw = _gateway(request)
+    gw = _gateway(request.app)
     if gw is None:
         return error_response(dialect, 503, "the gateway is not running (gateway_enabled is off)")
-    auth = _authenticate(gw, request, dialect, MODELS)
+    auth = _authenticate(gw, header_dict(request.scope), dialect, MODELS)
     if isinstance(auth, Response):
         return auth
     models = await _model_ids(gw, auth, dialect)
@@ -772,50 +820,50 @@ def gateway_routes() -> list[BaseRoute]:
 
 
 class GatewayDispatch:
-    """Outermost ASGI layer: /v1/* relay requests go straight to their endpoint.
+    """Outermost ASGI layer: /v1/* relay requests go straight to their handler.
 
-    The relay routes are the hot path, so they skip the framework's middleware stack and
-    route table; everything else goes on to the app unchanged.
+    The relay routes are the hot path, so they skip the framework's middleware stack, route
+    table and request object; everything else goes on to the app unchanged.
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.table: dict[tuple[str, str], Any] = {
-            ("POST", "/v1/messages"): _make_endpoint(MESSAGES),
-            ("POST", "/v1/messages/count_tokens"): _make_endpoint(COUNT_TOKENS),
-            ("POST", "/v1/chat/completions"): _make_endpoint(CHAT),
-            ("POST", "/v1/responses"): _make_endpoint(RESPONSES),
-            ("GET", "/v1/models"): models_endpoint,
+            ("POST", "/v1/messages"): _make_endpoint(MESSAGES).handle,
+            ("POST", "/v1/messages/count_tokens"): _make_endpoint(COUNT_TOKENS).handle,
+            ("POST", "/v1/chat/completions"): _make_endpoint(CHAT).handle,
+            ("POST", "/v1/responses"): _make_endpoint(RESPONSES).handle,
+            ("GET", "/v1/models"): _models_handle,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            path = scope["path"].rstrip("/") or "/"
-            endpoint = self.table.get((scope["method"], path))
-            if endpoint is None and scope["method"] == "GET" and path.startswith("/v1/models/"):
-                endpoint = models_endpoint
+            path = scope["path"]
+            handle = self.table.get((scope["method"], path))
+            if handle is None:
+                path = path.rstrip("/") or "/"
+                handle = self.table.get((scope["method"], path))
+            if handle is None and scope["method"] == "GET" and path.startswith("/v1/models/"):
+                handle = _models_handle
                 scope["path_params"] = {"model_id": path[len("/v1/models/") :]}
-            if endpoint is not None:
-                await _serve(endpoint, scope, receive, send)
+            if handle is not None:
+                await _serve(handle, scope, receive, send)
                 return
         await self.inner(scope, receive, send)
 
 
-async def _serve(endpoint: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    started = False
+async def _models_handle(scope: Scope, receive: Receive) -> Response:
+    return await models_endpoint(Request(scope, receive))
 
-    async def tracking_send(message: Any) -> None:
-        nonlocal started
-        started = True
-        await send(message)
 
-    request = Request(scope, receive)
+async def _serve(handle: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    response: Response | None = None
     try:
-        response = await endpoint(request)
-        await response(scope, receive, tracking_send)
+        response = await handle(scope, receive)
+        await response(scope, receive, send)
     except Exception:
         log.exception("gateway request failed")
-        if not started:
+        if response is None or not getattr(response, "started", True):
             dialect = OPENAI if scope["path"].startswith(("/v1/chat", "/v1/responses")) else ANTHROPIC
             await error_response(dialect, 500, "internal error in relaymeter (see its log)")(
                 scope, receive, send

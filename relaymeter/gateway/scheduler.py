@@ -101,7 +101,6 @@ class Account:
     last_used_ms: int = 0
     requests: int = 0
     failures: int = 0
-    in_flight_gauge: Any = None
 
     def __post_init__(self) -> None:
         self.routes = routes_served(self.provider, self.kind)
@@ -135,8 +134,6 @@ class Account:
 
         Requests in flight hold this object, so it must stay the one the pool uses.
         """
-        if new.name != self.name:
-            self.in_flight_gauge = None
         for name in _CONFIG_FIELDS:
             setattr(self, name, getattr(new, name))
         self.__post_init__()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from relaymeter.domain.events import UsageEvent
 from relaymeter.domain.limits import PERIODS, KeyLimits
 from relaymeter.domain.redact import sha256_hex
 from relaymeter.domain.windows import zone
-from relaymeter.gateway import metrics
+from relaymeter.gateway import metrics, shared_counters
 from relaymeter.gateway.counters import Counters, RedisCounters
 from relaymeter.gateway.oauth import TokenRefresher
 from relaymeter.gateway.scheduler import Account, AccountPool, _match
@@ -51,7 +51,6 @@ class KeyRecord:
     models: tuple[str, ...] | None
     limits: KeyLimits
     avg_cost: float = 0.0  # moving average of the cost of a request (budget reservations)
-    in_flight_metric: Any = field(default=None, repr=False)
 
     def allows(self, model: str) -> bool:
         return self.models is None or _match(self.models, model)
@@ -142,6 +141,9 @@ class GatewayService:
                 settings.week_start,
                 settings.gateway_lease_ttl_s,
             )
+        elif shared_counters.active() is not None:
+            table, worker = shared_counters.active()  # type: ignore[misc]
+            self.counters = shared_counters.SharedCounters(table, worker, self.tz, settings.week_start)
         else:
             self.counters = Counters(self.tz, settings.week_start)
         self.pool.cap_check = lambda acc, now: self.counters.account_cap_reason(acc.caps, now)
@@ -175,6 +177,7 @@ class GatewayService:
         return self._client
 
     async def start(self) -> None:
+        metrics.register(self)
         await self.counters.start()
         await self.reload()
         await self.seed_counters()
@@ -186,6 +189,7 @@ class GatewayService:
         ]
 
     async def stop(self) -> None:
+        metrics.unregister(self)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -222,7 +226,6 @@ class GatewayService:
                 old = self.keys_by_id.get(record.id)
                 if old is not None:
                     record.avg_cost = old.avg_cost
-                record.in_flight_metric = metrics.KEY_IN_FLIGHT.labels(record.name)
                 by_hash[record.key_hash] = record
                 by_id[record.id] = record
             new_budget_keys = [

@@ -200,9 +200,8 @@ class StreamTracker:
         self._buf = buf[end + 2 :]
         complete = buf[: end + 2]
         if b'"usage"' in complete or b"error" in complete or b"response.failed" in complete:
-            for event in complete.split(b"\n\n"):
-                if event:
-                    self._event(event)
+            for start, stop in _marked_events(complete):
+                self._event(complete[start:stop])
         return chunk
 
     def _feed_framed(self, chunk: bytes) -> bytes:
@@ -299,6 +298,25 @@ class StreamTracker:
                 self.usage.service_tier = tier
             if kind == "response.failed":
                 self.error = _error_text(response.get("error")) or "response failed"
+
+
+_MARKERS = (b'"usage"', b"error", b"response.failed")
+
+
+def _marked_events(complete: bytes) -> list[tuple[int, int]]:
+    """Spans of the events (in stream order) that contain a usage or error marker."""
+    spans: set[tuple[int, int]] = set()
+    for marker in _MARKERS:
+        pos = complete.find(marker)
+        while pos >= 0:
+            start = complete.rfind(b"\n\n", 0, pos)
+            start = 0 if start < 0 else start + 2
+            stop = complete.find(b"\n\n", pos)
+            if stop < 0:
+                stop = len(complete)
+            spans.add((start, stop))
+            pos = complete.find(marker, stop)
+    return sorted(spans)
 
 
 def _data_of(event: bytes) -> bytes:

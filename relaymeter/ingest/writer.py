@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,16 +57,13 @@ class _Group:
                 self.future.set_result(self.flags)
 
 
-@dataclass(slots=True)
-class _Item:
-    event: UsageEvent
-    group: _Group | None = None
-    index: int = 0
+# A queued event with the write() call it belongs to (None for submit()) and its index there;
+# a plain tuple because submit() sits on the request hot path.
+_Item = tuple[UsageEvent, _Group | None, int]
 
 
 @dataclass
 class WriterStats:
-    queued: int = 0
     written: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
@@ -105,7 +102,8 @@ class UsageWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._bulk_waiting = False
-        self.listeners: list[asyncio.Queue[UsageEvent]] = []
+        # Called with each committed batch's new events (in the writer task; must not block).
+        self.listeners: list[Callable[[list[UsageEvent]], None]] = []
 
     # -- producers -------------------------------------------------------------------------
 
@@ -121,8 +119,9 @@ class UsageWriter:
         """Queue one event without waiting (hot path)."""
         if self._closing and self._task is None:
             raise RuntimeError("usage writer is closed")
-        self._queue.append(_Item(event))
-        self._signal()
+        self._queue.append((event, None, 0))
+        if not self._wakeup.is_set():
+            self._signal()
 
     async def write(self, events: Sequence[UsageEvent]) -> list[bool]:
         """Queue events (waiting while the queue is over its high-water mark) and await their fate.
@@ -136,13 +135,12 @@ class UsageWriter:
             self._room.clear()
             await self._room.wait()
         group = _Group(asyncio.get_running_loop().create_future(), len(events))
-        self._queue.extend(_Item(ev, group, i) for i, ev in enumerate(events))
+        self._queue.extend((ev, group, i) for i, ev in enumerate(events))
         self._bulk_waiting = True  # someone awaits: write at once instead of lingering
         self._signal()
         return await group.future
 
     def _signal(self) -> None:
-        self.stats.queued = len(self._queue)
         self._drained.clear()
         self._wakeup.set()
 
@@ -223,7 +221,6 @@ class UsageWriter:
 
     async def _write_one_batch(self) -> None:
         batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-        self.stats.queued = len(self._queue)
         if len(self._queue) < self.high_water:
             self._room.set()
         started = time.perf_counter()
@@ -232,16 +229,16 @@ class UsageWriter:
         except Exception as exc:  # never let the writer task die: fail the batch's waiters loudly
             log.exception("writer could not store or dead-letter a batch")
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            for item in batch:
-                if item.group is not None:
-                    item.group.settle(item.index, None, f"store failed: {exc}")
+            for _event, group, index in batch:
+                if group is not None:
+                    group.settle(index, None, f"store failed: {exc}")
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.last_flush_ms = time.time_ns() // 1_000_000
         self.stats.batch_seconds = [*self.stats.batch_seconds[-99:], elapsed]
 
     async def _store(self, batch: list[_Item]) -> None:
-        events = [item.event for item in batch]
+        events = [item[0] for item in batch]
         if self.pricer is not None:
             try:
                 self.pricer.apply(events)
@@ -271,28 +268,31 @@ class UsageWriter:
             await self._store(batch[:mid])
             await self._store(batch[mid:])
             return
-        item = batch[0]
+        event, group, index = batch[0]
         reason = f"store failed: {type(exc).__name__}: {exc}"[:1000]
-        raw = redacted_json(to_export_record(item.event))
+        raw = redacted_json(to_export_record(event))
         try:
-            await store_events.add_dead_letters(self.db, item.event.source or "writer", [(reason, raw)])
+            await store_events.add_dead_letters(self.db, event.source or "writer", [(reason, raw)])
             self.stats.dead_lettered += 1
         except Exception:
-            log.exception("could not dead-letter event %s", item.event.event_hash)
-        if item.group is not None:
-            item.group.settle(item.index, None, reason)
+            log.exception("could not dead-letter event %s", event.event_hash)
+        if group is not None:
+            group.settle(index, None, reason)
 
     def _resolve(self, batch: list[_Item], inserted: list[bool]) -> None:
-        for item, new in zip(batch, inserted, strict=True):
+        new_events = []
+        for (event, group, index), new in zip(batch, inserted, strict=True):
             if new:
-                self.stats.written += 1
-                for listener in self.listeners:
-                    with contextlib.suppress(asyncio.QueueFull):
-                        listener.put_nowait(item.event)
-            else:
-                self.stats.duplicates += 1
-            if item.group is not None:
-                item.group.settle(item.index, new)
+                new_events.append(event)
+            if group is not None:
+                group.settle(index, new)
+        self.stats.written += len(new_events)
+        self.stats.duplicates += len(batch) - len(new_events)
+        for listener in self.listeners:
+            try:
+                listener(new_events)
+            except Exception:  # a listener (metrics) must never fail a stored batch
+                log.exception("writer listener failed")
 
 
 def _is_data_error(exc: BaseException) -> bool:

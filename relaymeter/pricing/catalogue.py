@@ -74,6 +74,7 @@ class Match:
     # Rates of a standard-tier request below any long-context threshold, resolved once.
     base_rates: Rates | None = None
     simple: bool = False  # True when base_rates apply to every standard-tier request
+    long_rates: Rates | None = None  # standard tier above the long-context threshold
 
 
 def name_variants(model: str) -> Iterator[str]:
@@ -141,7 +142,12 @@ class Catalogue:
                 break
         if found is not None:
             price = found.entry.price
-            found = Match(found.entry, found.key, found.how, rates_for(price, 0), not price.has_tier)
+            long_rates = (
+                rates_for(price, price.tier_threshold + 1) if price.tier_threshold is not None else None
+            )
+            found = Match(
+                found.entry, found.key, found.how, rates_for(price, 0), not price.has_tier, long_rates
+            )
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[cache_key] = found
@@ -213,10 +219,15 @@ class Pricer:
         found = self.catalogue.match(model, provider)
         if found is None:
             return 0, True
-        if found.simple and not service_tier and found.base_rates is not None:
+        if not service_tier and found.base_rates is not None:
+            rates = found.base_rates
+            threshold = found.entry.price.tier_threshold
+            if not found.simple and found.long_rates is not None and threshold is not None:
+                if input_tokens + cache_read_tokens + cache_creation_tokens > threshold:
+                    rates = found.long_rates
             return (
                 cost_with_rates(
-                    found.base_rates,
+                    rates,
                     input_tokens,
                     output_tokens,
                     cache_read_tokens,

@@ -1,4 +1,4 @@
-"""insert_batch (dedup + dimension ids + hourly rollup in one transaction), dead letters, retention."""
+"""insert_batch (dedup + dimension ids + rollups in one transaction), dead letters, retention."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, tuple_, update
@@ -14,35 +15,24 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaymeter.domain.events import UsageEvent
-from relaymeter.domain.latency import LATENCY_BUCKET_COUNT, bucket_index
 from relaymeter.domain.redact import redact_text
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
-from relaymeter.store import dim_rollups
 from relaymeter.store.db import Database
+from relaymeter.store.increments import SUM_COLUMNS, Increments
 from relaymeter.store.schema import (
-    ROLLUP_KEY_COLUMNS,
-    TOKEN_COLUMNS,
     accounts,
     api_keys,
     dead_letters,
-    latency_bucket_columns,
+    usage_15m_dim,
     usage_daily,
+    usage_daily_dim,
     usage_events,
     usage_hourly,
+    usage_hourly_dim,
+    usage_monthly_dim,
 )
 
 _EVENT_COLUMNS = [c.name for c in usage_events.columns if c.name != "id"]
-_SUM_COLUMNS = [
-    "requests",
-    "failures",
-    *TOKEN_COLUMNS,
-    "cost_micros",
-    "latency_sum_ms",
-    "latency_count",
-    "ttft_sum_ms",
-    "ttft_count",
-    *latency_bucket_columns,
-]
 
 
 @dataclass(slots=True)
@@ -94,12 +84,12 @@ async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResul
             inserted_hashes = {row[0] for row in result}
         if len(inserted_hashes) == len(unique):
             fresh: Sequence[UsageEvent] = unique
-            rollups = prepared.rollups
+            increments = prepared.increments
         else:
             fresh = [ev for ev in unique if ev.event_hash in inserted_hashes]
-            rollups = rollup_rows(fresh)
+            increments = Increments.from_events(fresh)
         if fresh:
-            await apply_rollup_rows(db, conn, rollups)
+            await apply_increments(db, conn, increments)
             await _touch_last_used(db, conn, fresh)
     db.account_ids.update(new_accounts)
     db.api_key_ids.update(new_keys)
@@ -112,7 +102,7 @@ async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResul
 @dataclass(slots=True)
 class _Prepared:
     rows: list[Any]  # SQLite: tuples in _SQLITE_INSERT_EVENT order; PostgreSQL: dicts
-    rollups: list[dict[str, Any]]
+    increments: Increments  # what the rows add to the rollups
 
 
 def _ids_from_cache(db: Database, events: Sequence[UsageEvent]) -> bool:
@@ -141,7 +131,7 @@ def _prepare(db: Database, events: Sequence[UsageEvent], now: int) -> _Prepared:
         rows: list[Any] = [(event_key(ev.event_hash), *_event_values(ev), now) for ev in events]
     else:
         rows = [_event_row(ev, now) for ev in events]
-    return _Prepared(rows, rollup_rows(events))
+    return _Prepared(rows, Increments.from_events(events))
 
 
 _EVENT_VALUE_NAMES = [name for name in _EVENT_COLUMNS if name not in ("ingested_ms", "event_key")]
@@ -150,6 +140,11 @@ _SQLITE_INSERT_EVENT = (
     f"INSERT INTO usage_events (event_key, {', '.join(_EVENT_VALUE_NAMES)}, ingested_ms) "
     f"VALUES (?, {', '.join('?' for _ in _EVENT_VALUE_NAMES)}, ?)"
 )
+# Rows per INSERT statement: one statement step per row costs sqlite3 a reset + bind round and
+# this thread a GIL hand-over, so a batch is inserted ROWS_PER_INSERT rows per step.
+ROWS_PER_INSERT = 20
+_ROW_PARAMS = len(_EVENT_VALUE_NAMES) + 2
+_SQLITE_INSERT_EVENTS = _SQLITE_INSERT_EVENT + (f", ({', '.join('?' * _ROW_PARAMS)})" * (ROWS_PER_INSERT - 1))
 
 
 def event_key(event_hash: str) -> int:
@@ -182,8 +177,15 @@ async def _insert_sqlite(conn: AsyncConnection, events: Sequence[UsageEvent], ro
         existing.update(r[0] for r in res)
     if existing:
         rows = [row for row, ev in zip(rows, events, strict=True) if ev.event_hash not in existing]
-    if rows:
-        await conn.exec_driver_sql(_SQLITE_INSERT_EVENT, rows)
+    whole = len(rows) - len(rows) % ROWS_PER_INSERT
+    if whole:
+        flat = list(chain.from_iterable(rows[:whole]))
+        step = ROWS_PER_INSERT * _ROW_PARAMS
+        await conn.exec_driver_sql(
+            _SQLITE_INSERT_EVENTS, [tuple(flat[i : i + step]) for i in range(0, len(flat), step)]
+        )
+    if whole < len(rows):
+        await conn.exec_driver_sql(_SQLITE_INSERT_EVENT, rows[whole:])
     return {ev.event_hash for ev in events if ev.event_hash not in existing}
 
 
@@ -283,121 +285,60 @@ async def _resolve_api_keys(
     return found
 
 
-def rollup_key(ev: UsageEvent) -> tuple[Any, ...]:
-    return (
-        ev.ts_ms - ev.ts_ms % HOUR_MS,
-        ev.account_id,
-        ev.api_key_id,
-        ev.priced_model,
-        ev.endpoint,
-        ev.source,
-        ev.provider,
-        ev.failed,
-    )
-
-
-def rollup_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
-    """Aggregate events into usage_hourly increments (pure; also used by tests and repricing)."""
-    acc: dict[tuple[Any, ...], list[int]] = {}
-    n_sum = len(_SUM_COLUMNS)
-    lat0 = _SUM_COLUMNS.index("lat_b0")
-    for ev in events:
-        key = rollup_key(ev)
-        sums = acc.get(key)
-        if sums is None:
-            sums = acc[key] = [0] * n_sum
-        sums[0] += 1
-        sums[1] += 1 if ev.failed else 0
-        sums[2] += ev.input_tokens
-        sums[3] += ev.output_tokens
-        sums[4] += ev.reasoning_tokens
-        sums[5] += ev.cache_read_tokens
-        sums[6] += ev.cache_creation_tokens
-        sums[7] += ev.cache_creation_1h_tokens
-        sums[8] += ev.total_tokens
-        sums[9] += ev.cost_micros
-        if ev.latency_ms is not None:
-            sums[10] += ev.latency_ms
-            sums[11] += 1
-            sums[lat0 + bucket_index(ev.latency_ms)] += 1
-        if ev.ttft_ms is not None:
-            sums[12] += ev.ttft_ms
-            sums[13] += 1
-    rows = []
-    for key, sums in acc.items():
-        row = dict(zip(ROLLUP_KEY_COLUMNS, key, strict=True))
-        row.update(zip(_SUM_COLUMNS, sums, strict=True))
-        rows.append(row)
-    return rows
-
-
-assert len(_SUM_COLUMNS) == 14 + LATENCY_BUCKET_COUNT
-
-
-_ROLLUP_ALL = [*ROLLUP_KEY_COLUMNS, *_SUM_COLUMNS]
-_DAILY_KEY_COLUMNS = ("day_ms", *ROLLUP_KEY_COLUMNS[1:])
-
-
 def _sqlite_upsert(table: str, keys: Sequence[str]) -> str:
-    cols = [*keys, *_SUM_COLUMNS]
+    cols = [*keys, *SUM_COLUMNS]
     return (
         f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
-        + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUM_COLUMNS)
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS)
     )
 
 
-_SQLITE_UPSERT_HOURLY = _sqlite_upsert("usage_hourly", ROLLUP_KEY_COLUMNS)
-_SQLITE_UPSERT_DAILY = _sqlite_upsert("usage_daily", _DAILY_KEY_COLUMNS)
+# (table, its key columns, which rows of Increments go there)
+_FULL_KEY_TABLES = ((usage_hourly, HOUR_MS), (usage_daily, DAY_MS))
+_DIM_TABLES = {
+    "slot_ms": usage_15m_dim,
+    "hour_ms": usage_hourly_dim,
+    "day_ms": usage_daily_dim,
+    "month_ms": usage_monthly_dim,
+}
 
 
-def daily_rows(hourly: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fold hourly rollup increments into UTC-day increments."""
-    acc: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in hourly:
-        day = row["hour_ms"] - row["hour_ms"] % DAY_MS
-        key = (day, *(row[c] for c in ROLLUP_KEY_COLUMNS[1:]))
-        slot = acc.get(key)
-        if slot is None:
-            slot = acc[key] = dict(zip(_DAILY_KEY_COLUMNS, key, strict=True))
-            for c in _SUM_COLUMNS:
-                slot[c] = row[c]
-        else:
-            for c in _SUM_COLUMNS:
-                slot[c] += row[c]
-    return list(acc.values())
+def _key_columns(table: Any) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if c.name not in SUM_COLUMNS)
 
 
-async def apply_rollup_rows(
-    db: Database, conn: AsyncConnection, rows: list[dict[str, Any]], sign: int = 1
-) -> None:
-    """Add (sign=1) or subtract (sign=-1) hourly increments; usage_daily follows."""
-    if not rows:
+_SQLITE_UPSERTS = {
+    t.name: _sqlite_upsert(t.name, _key_columns(t))
+    for t in (usage_hourly, usage_daily, *_DIM_TABLES.values())
+}
+
+
+async def apply_increments(db: Database, conn: AsyncConnection, inc: Increments) -> None:
+    """Add signed increments to every rollup table: full-key hourly and daily, and the
+    per-dimension 15-minute, hourly, daily and monthly rows (in the caller's transaction)."""
+    if not len(inc):
         return
-    if sign < 0:
-        rows = [{k: (-v if k in _SUM_COLUMNS else v) for k, v in row.items()} for row in rows]
-    if not db.is_sqlite:
-        # Several PostgreSQL writers: upsert in one key order so concurrent batches can't
-        # deadlock (SQLite serializes writers, so it skips the sort).
-        rows = sorted(rows, key=lambda r: tuple(r[c] for c in ROLLUP_KEY_COLUMNS))
-    days = daily_rows(rows)
-    await dim_rollups.apply(db, conn, rows)  # per-dimension rollups follow the same increments
-    if db.is_sqlite:
-        await conn.exec_driver_sql(_SQLITE_UPSERT_HOURLY, [tuple(r[c] for c in _ROLLUP_ALL) for r in rows])
-        await conn.exec_driver_sql(
-            _SQLITE_UPSERT_DAILY, [tuple(r[c] for c in (*_DAILY_KEY_COLUMNS, *_SUM_COLUMNS)) for r in days]
-        )
-        return
-    for table, keys, data in (
-        (usage_hourly, ROLLUP_KEY_COLUMNS, rows),
-        (usage_daily, _DAILY_KEY_COLUMNS, days),
-    ):
+    writes: list[tuple[Any, list[tuple[Any, ...]]]] = [
+        (t, inc.full_key(period)) for t, period in _FULL_KEY_TABLES
+    ]
+    writes += [(_DIM_TABLES[name], rows) for name, rows in inc.per_dimension().items()]
+    for table, rows in writes:
+        if not rows:
+            continue
+        if db.is_sqlite:
+            await conn.exec_driver_sql(_SQLITE_UPSERTS[table.name], rows)
+            continue
+        # Several PostgreSQL writers: upsert in one key order so concurrent batches can't deadlock
+        # (SQLite serializes writers).
+        keys = _key_columns(table)
+        names = (*keys, *SUM_COLUMNS)
         stmt = pg_insert(table)
         stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={name: table.c[name] + stmt.excluded[name] for name in _SUM_COLUMNS},
+            index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in SUM_COLUMNS}
         )
-        await conn.execute(stmt, data)
+        rows.sort(key=lambda r: tuple(str(v) for v in r[: len(keys)]))
+        await conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
 
 
 LAST_USED_RESOLUTION_MS = 1000

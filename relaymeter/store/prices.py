@@ -17,11 +17,11 @@ import orjson
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 
 from relaymeter.domain.pricing import Price, parse_multiplier
-from relaymeter.domain.windows import HOUR_MS
 from relaymeter.pricing.catalogue import PricedEntry, Pricer
 from relaymeter.store.db import Database
-from relaymeter.store.events import apply_rollup_rows, dialect_insert
-from relaymeter.store.schema import ROLLUP_KEY_COLUMNS, model_prices, settings, usage_events, usage_hourly
+from relaymeter.store.events import apply_increments, dialect_insert
+from relaymeter.store.increments import SLOT_MS, Increments
+from relaymeter.store.schema import model_prices, settings, usage_events, usage_hourly
 
 VERSION_KEY = "pricing.version"
 SNAPSHOT_DIGEST_KEY = "pricing.snapshot_digest"
@@ -277,7 +277,6 @@ _REPRICE_COLUMNS = (
     "price_missing",
     "service_tier",
 )
-_ROLLUP_SUM_COLUMNS = tuple(c.name for c in usage_hourly.columns if c.name not in ROLLUP_KEY_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -347,19 +346,6 @@ def _sqlite_batch_query(
         f"WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
     )
     return sql, tuple(params)
-
-
-def _cost_delta_rows(deltas: dict[tuple[Any, ...], int]) -> list[dict[str, Any]]:
-    """usage_hourly increments that change only cost_micros (old increments out, new in)."""
-    template = dict.fromkeys(_ROLLUP_SUM_COLUMNS, 0)
-    rows = []
-    for key, delta in deltas.items():
-        if delta:
-            row = template.copy()
-            row.update(zip(ROLLUP_KEY_COLUMNS, key, strict=True))
-            row["cost_micros"] = delta
-            rows.append(row)
-    return rows
 
 
 ProgressFn = Callable[[int, int], None]
@@ -439,7 +425,7 @@ async def reprice(
                 updates.append((new_cost, new_missing, row_id))
                 if new_cost != old_cost:
                     key = (
-                        ts_ms - ts_ms % HOUR_MS,
+                        ts_ms - ts_ms % SLOT_MS,
                         account_id,
                         api_key_id,
                         served,
@@ -462,7 +448,7 @@ async def reprice(
                         .values(cost_micros=bindparam("b_cost"), price_missing=bindparam("b_missing")),
                         [{"b_cost": c, "b_missing": m, "b_id": i} for c, m, i in updates],
                     )
-                await apply_rollup_rows(db, conn, _cost_delta_rows(deltas))
+                await apply_increments(db, conn, Increments.from_cost_deltas(deltas))
         stats.scanned += len(rows)
         if progress:
             progress(stats.scanned, max(stats.total, stats.scanned))

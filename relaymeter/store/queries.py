@@ -9,17 +9,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal_column, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal_column, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, quantile
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
 from relaymeter.store.db import Database
+from relaymeter.store.increments import SLOT_MS
 from relaymeter.store.schema import (
     TOKEN_COLUMNS,
     accounts,
     api_keys,
     latency_bucket_columns,
+    usage_15m_dim,
     usage_daily,
     usage_daily_dim,
     usage_events,
@@ -266,25 +268,16 @@ async def summary(
     *,
     top: int | None = None,
 ) -> dict[str, Any]:
-    """Totals plus breakdowns by account, API key, model and endpoint for [start, end)."""
+    """Totals plus breakdowns by account, API key, model and endpoint for [start, end)
+    (``breakdowns``: per-dimension rollups without filters, full-key ones with)."""
     async with db.connect() as conn:
-        rows = await grouped_metrics(
-            conn, start_ms, end_ms, filters, ("account_id", "api_key_id", "model", "endpoint")
-        )
-        totals = Metrics()
-        by: dict[str, dict[Any, Metrics]] = {"account": {}, "api_key": {}, "model": {}, "endpoint": {}}
-        for (account_id, api_key_id, model, endpoint), m in rows.items():
-            totals.merge(m)
-            for name, key in (
-                ("account", account_id),
-                ("api_key", api_key_id),
-                ("model", model),
-                ("endpoint", endpoint),
-            ):
-                slot = by[name].get(key)
-                if slot is None:
-                    slot = by[name][key] = Metrics()
-                slot.merge(m)
+        totals, found = await breakdowns(conn, start_ms, end_ms, filters)
+        by: dict[str, dict[Any, Metrics]] = {
+            "account": found["account_id"],
+            "api_key": found["api_key_id"],
+            "model": found["model"],
+            "endpoint": found["endpoint"],
+        }
         account_names = await _names(conn, accounts, {k for k in by["account"] if k})
         key_names = await _names(conn, api_keys, {k for k in by["api_key"] if k})
 
@@ -330,8 +323,35 @@ _SLOT_WIDTHS = (HOUR_MS, 1_800_000, 900_000, 300_000, 60_000, 1000, 1)
 Span = tuple[int, int, int, int]
 
 
-def _cover_hours(
+def _cover_slots(
     lo: int, hi: int, bucket: int, sign: int, out: dict[str, list[Span]], complement: bool
+) -> None:
+    """[lo, hi) inside one hour from 15-minute rows, raw events only for partial slots."""
+    slot = lo - lo % SLOT_MS
+    while lo < hi:
+        end = slot + SLOT_MS
+        x, y = lo, min(hi, end)
+        if x == slot and y == end:
+            out["slot"].append((slot, end, bucket, sign))
+        elif complement and SLOT_MS - (y - x) < y - x:
+            out["slot"].append((slot, end, bucket, sign))
+            if slot < x:
+                out["raw"].append((slot, x, bucket, -sign))
+            if y < end:
+                out["raw"].append((y, end, bucket, -sign))
+        else:
+            out["raw"].append((x, y, bucket, sign))
+        lo, slot = y, end
+
+
+def _cover_hours(
+    lo: int,
+    hi: int,
+    bucket: int,
+    sign: int,
+    out: dict[str, list[Span]],
+    complement: bool,
+    slots: bool = False,
 ) -> None:
     hour = lo - lo % HOUR_MS
     while lo < hi:
@@ -339,6 +359,8 @@ def _cover_hours(
         x, y = lo, min(hi, end)
         if x == hour and y == end:
             out["hour"].append((hour, end, bucket, sign))
+        elif slots:
+            _cover_slots(x, y, bucket, sign, out, complement)
         elif complement and HOUR_MS - (y - x) < y - x:
             out["hour"].append((hour, end, bucket, sign))
             if hour < x:
@@ -351,7 +373,13 @@ def _cover_hours(
 
 
 def _cover_days(
-    lo: int, hi: int, bucket: int, sign: int, out: dict[str, list[Span]], complement: bool
+    lo: int,
+    hi: int,
+    bucket: int,
+    sign: int,
+    out: dict[str, list[Span]],
+    complement: bool,
+    slots: bool = False,
 ) -> None:
     day = lo - lo % DAY_MS
     while lo < hi:
@@ -361,10 +389,10 @@ def _cover_days(
             out["day"].append((day, end, bucket, sign))
         elif complement and DAY_MS - (y - x) < y - x:
             out["day"].append((day, end, bucket, sign))
-            _cover_hours(day, x, bucket, -sign, out, False)
-            _cover_hours(y, end, bucket, -sign, out, False)
+            _cover_hours(day, x, bucket, -sign, out, False, slots)
+            _cover_hours(y, end, bucket, -sign, out, False, slots)
         else:
-            _cover_hours(x, y, bucket, sign, out, complement)
+            _cover_hours(x, y, bucket, sign, out, complement, slots)
         lo, day = y, end
 
 
@@ -378,13 +406,16 @@ def _next_month(month_ms: int) -> int:
     return int(datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def _cover(lo: int, hi: int, bucket: int, out: dict[str, list[Span]], months: bool) -> None:
+def _cover(
+    lo: int, hi: int, bucket: int, out: dict[str, list[Span]], months: bool, slots: bool = False
+) -> None:
     """Spans that read exactly the events in [lo, hi) into ``bucket``, reading as little as
-    possible: whole UTC months (per-dimension rollups only), days and hours from rollups; a
-    month, day or hour mostly inside is read whole and what lies outside is subtracted (e.g.
-    the current day of a range that ends now)."""
+    possible: whole UTC months (per-dimension rollups only), days and hours from rollups, and
+    within partial hours 15-minute slots when ``slots`` (per-dimension rollups only); a
+    month, day, hour or slot mostly inside is read whole and what lies outside is subtracted
+    (e.g. the current day of a range that ends now)."""
     if not months:
-        _cover_days(lo, hi, bucket, 1, out, True)
+        _cover_days(lo, hi, bucket, 1, out, True, slots)
         return
     month = _month_start(lo)
     while lo < hi:
@@ -394,10 +425,10 @@ def _cover(lo: int, hi: int, bucket: int, out: dict[str, list[Span]], months: bo
             out["month"].append((month, end, bucket, 1))
         elif (end - month) - (y - x) < y - x:
             out["month"].append((month, end, bucket, 1))
-            _cover_days(month, x, bucket, -1, out, False)
-            _cover_days(y, end, bucket, -1, out, False)
+            _cover_days(month, x, bucket, -1, out, False, slots)
+            _cover_days(y, end, bucket, -1, out, False, slots)
         else:
-            _cover_days(x, y, bucket, 1, out, True)
+            _cover_days(x, y, bucket, 1, out, True, slots)
         lo, month = y, end
 
 
@@ -405,15 +436,18 @@ def _disjoint(spans: list[Span]) -> bool:
     return all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
 
 
-def plan_buckets(bounds: Sequence[int], months: bool = False) -> dict[tuple[str, int], list[Span]]:
+def plan_buckets(
+    bounds: Sequence[int], months: bool = False, slots: bool = False
+) -> dict[tuple[str, int], list[Span]]:
     """Labelled spans per (level, sign) covering every bucket [bounds[i], bounds[i + 1]).
 
     Within one (level, sign) group the spans never overlap, so each row maps to one bucket.
-    ``months``: monthly rollups exist for this query (the per-dimension ones).
+    ``months`` / ``slots``: monthly and 15-minute rollups exist for this query (the
+    per-dimension ones).
     """
-    levels: dict[str, list[Span]] = {"month": [], "day": [], "hour": [], "raw": []}
+    levels: dict[str, list[Span]] = {"month": [], "day": [], "hour": [], "slot": [], "raw": []}
     for i in range(len(bounds) - 1):
-        _cover(bounds[i], bounds[i + 1], i, levels, months)
+        _cover(bounds[i], bounds[i + 1], i, levels, months, slots)
     groups: dict[tuple[str, int], list[Span]] = {}
     for level, spans in levels.items():
         for sign in (1, -1):
@@ -427,7 +461,7 @@ def plan_buckets(bounds: Sequence[int], months: bool = False) -> dict[tuple[str,
             if merged:
                 groups[(level, sign)] = merged
     if not all(_disjoint(spans) for spans in groups.values()):  # never expected; stay exact anyway
-        levels = {"month": [], "day": [], "hour": [], "raw": []}
+        levels = {"month": [], "day": [], "hour": [], "slot": [], "raw": []}
         for i in range(len(bounds) - 1):
             plan = plan_range(bounds[i], bounds[i + 1])
             levels["day"] += [(a, b, i, 1) for a, b in plan.days]
@@ -448,28 +482,21 @@ def _ranges(spans: Sequence[Span]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _rollup_where(col: ColumnElement[Any], spans: Sequence[Span], level: str) -> ColumnElement[bool]:
-    """Rows of the spans' whole hours / days / months: an IN list (an index lookup per value;
-    SQLite turns a long OR of ranges into a full table scan)."""
+_LEVEL_WIDTH = {"day": DAY_MS, "hour": HOUR_MS, "slot": SLOT_MS}
+
+
+def _rollup_times(spans: Sequence[Span], level: str) -> list[int] | None:
+    """Start times of the spans' whole months / days / hours / slots, for an IN list (an index
+    lookup per value; SQLite turns a long OR of ranges into a full table scan); None if many."""
     values: list[int] = []
     for lo, hi in _ranges(spans):
         v = lo
-        while v < hi and len(values) <= 5000:
+        while v < hi:
+            if len(values) >= 5000:
+                return None
             values.append(v)
-            v = _next_month(v) if level == "month" else v + (DAY_MS if level == "day" else HOUR_MS)
-    if len(values) <= 5000:
-        return col.in_(values)
-    return or_(*[and_(col >= lo, col < hi) for lo, hi in _ranges(spans)])
-
-
-def _span_case(col: ColumnElement[Any], spans: Sequence[Span]) -> ColumnElement[Any]:
-    """SQL CASE giving the bucket of a time inside the (sorted, disjoint) spans."""
-    if len({s[2] for s in spans}) == 1:
-        return literal_column(str(spans[0][2]))
-    return case(
-        *[(col < s[1], literal_column(str(s[2]))) for s in spans[:-1]],
-        else_=literal_column(str(spans[-1][2])),
-    )
+            v = _next_month(v) if level == "month" else v + _LEVEL_WIDTH[level]
+    return values
 
 
 def _span_of(spans: Sequence[Span], starts: Sequence[int], lo: int, hi: int) -> int:
@@ -558,6 +585,8 @@ def _metrics(store: Acc, names: Sequence[str]) -> dict[tuple[Any, ...], Metrics]
     req = names.index("requests")
     every = tuple(names) == _ALL_SUMS
     n = len(_SCALAR_NAMES)
+    scalars = [(i, name) for i, name in enumerate(names) if name not in _LAT_INDEX]
+    lats = [(i, _LAT_INDEX[name]) for i, name in enumerate(names) if name in _LAT_INDEX]
     for key, vals in store.items():
         if not vals[req]:
             continue
@@ -565,13 +594,10 @@ def _metrics(store: Acc, names: Sequence[str]) -> dict[tuple[Any, ...], Metrics]
             fields_: dict[str, Any] = dict(zip(_SCALAR_NAMES, map(int, vals[:n]), strict=True))
             out[key] = Metrics(**fields_, latency_buckets=[int(v) for v in vals[n:]])
             continue
-        m = Metrics()
-        for name, v in zip(names, vals, strict=True):
-            lat = _LAT_INDEX.get(name)
-            if lat is not None:
-                m.latency_buckets[lat] = int(v)
-            else:
-                setattr(m, name, int(v))
+        given: dict[str, Any] = {name: int(vals[i]) for i, name in scalars}
+        m = Metrics(**given)
+        for i, j in lats:
+            m.latency_buckets[j] = int(vals[i])
         out[key] = m
     return out
 
@@ -593,6 +619,65 @@ def _sums(table: Any, names: Sequence[str]) -> list[ColumnElement[Any]]:
 
 
 Sink = Callable[[int, Sequence[Any], Sequence[Any], int], None]
+# Rollup reads are written as SQL text: times and buckets are integers we computed (inlined),
+# filter values are bound. Building them with expression objects cost more than the query.
+_Where = tuple[list[str], dict[str, Any]]
+_FULL_KEY_FILTERS = (
+    ("account_ids", "account_id"),
+    ("api_key_ids", "api_key_id"),
+    ("models", "model"),
+    ("providers", "provider"),
+    ("endpoints", "endpoint"),
+    ("sources", "source"),
+)
+
+
+def _full_key_where(filters: Filters) -> _Where:
+    """Filter conditions on a full-key rollup table (usage_hourly / usage_daily)."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    for attr, column in _FULL_KEY_FILTERS:
+        values = getattr(filters, attr)
+        if values:
+            where.append(f"{column} IN :f_{column}")
+            params[f"f_{column}"] = list(values)
+    if filters.status in ("failed", "success"):
+        where.append("failed = :f_failed")
+        params["f_failed"] = filters.status == "failed"
+    return where, params
+
+
+def _rollup_sql(
+    part: int, table: Any, level: str, spans: Sequence[Span], names: Sequence[str], keys: Sequence[str]
+) -> tuple[str, bool, bool]:
+    """(SELECT, constant, in_sql) reading the spans' rollup rows grouped by bucket and keys,
+    tagged with ``part``: the bucket is a constant (one bucket), a CASE over the spans, or the
+    time itself (many spans: mapped in Python). Filter conditions follow as {where}."""
+    t = f"{level}_ms"
+    in_sql = len(spans) <= _CASE_LIMIT
+    constant = in_sql and len({s[2] for s in spans}) == 1
+    if constant:
+        label = "0"
+    elif in_sql:
+        whens = " ".join(f"WHEN {t} < {int(s[1])} THEN {int(s[2])}" for s in spans[:-1])
+        label = f"CASE {whens} ELSE {int(spans[-1][2])} END"
+    else:
+        label = t
+    times = _rollup_times(spans, level)
+    if times is not None:
+        span_sql = f"{t} IN ({', '.join(str(v) for v in times)})"
+    else:
+        span_sql = (
+            "(" + " OR ".join(f"({t} >= {int(lo)} AND {t} < {int(hi)})" for lo, hi in _ranges(spans)) + ")"
+        )
+    group = ([] if constant else ["tb"]) + list(keys)
+    sql = (
+        f"SELECT {int(part)} AS part, {label} AS tb{''.join(', ' + k for k in keys)}, "
+        + ", ".join(f"SUM({n})" for n in names)
+        + f" FROM {table.name} WHERE {span_sql}{{where}}"
+        + (f" GROUP BY {', '.join(group)}" if group else "")
+    )
+    return sql, constant, in_sql
 
 
 async def _read_spans(
@@ -600,56 +685,74 @@ async def _read_spans(
     groups: dict[tuple[str, int], list[Span]],
     filters: Filters,
     names: Sequence[str],
-    rollup_keys: Callable[[Any], list[ColumnElement[Any]]],
-    rollup_where: Callable[[Any], list[ColumnElement[bool]]],
+    rollup_keys: Callable[[], list[str]],
+    rollup_where: Callable[[], _Where],
     event_keys: Sequence[ColumnElement[Any]],
-    tables: tuple[Any, Any, Any],
+    tables: tuple[Any, Any, Any, Any],
     sink: Sink,
 ) -> None:
-    """Run one query per (level, sign) group and hand every row to sink(bucket, keys, sums, sign)."""
-    monthly, daily, hourly = tables
+    """Read every (level, sign) group and hand each row to sink(bucket, keys, sums, sign): the
+    rollup levels in ONE statement (a UNION ALL of one SELECT per group; each round trip to
+    the database costs more than a small read), raw events in one query per group."""
+    monthly, daily, hourly, slots = tables
+    keys = rollup_keys()
+    nkeys = len(keys)
+    parts: list[tuple[list[Span], list[int], int, bool, bool]] = []
+    selects: list[str] = []
     for (level, sign), spans in groups.items():
+        if level in ("month", "day", "hour", "slot"):
+            table = {"month": monthly, "day": daily, "hour": hourly, "slot": slots}[level]
+            sql, constant, in_sql = _rollup_sql(len(parts), table, level, spans, names, keys)
+            parts.append((spans, [s[0] for s in spans], sign, constant, in_sql))
+            selects.append(sql)
+    if selects:
+        conds, params = rollup_where()
+        where = "".join(f" AND {c}" for c in conds)
+        union = text(" UNION ALL ".join(sql.replace("{where}", where) for sql in selects))
+        lists = [k for k, v in params.items() if isinstance(v, list)]
+        if lists:
+            union = union.bindparams(*[bindparam(k, expanding=True) for k in lists])
+        if params:
+            union = union.bindparams(**params)
+        for row in await conn.execute(union):
+            spans, starts, sign, constant, in_sql = parts[row[0]]
+            if constant:
+                bucket = spans[0][2]
+            elif in_sql:
+                bucket = int(row[1])
+            else:
+                tb = int(row[1])
+                bucket = _span_of(spans, starts, tb, tb + 1)
+            sink(bucket, row[2 : 2 + nkeys], row[2 + nkeys :], sign)
+    for (level, sign), spans in groups.items():
+        if level != "raw":
+            continue
         starts = [s[0] for s in spans]
-        if level in ("month", "day", "hour"):
-            table = {"month": monthly, "day": daily, "hour": hourly}[level]
-            cols = table.c
-            t = cols[f"{level}_ms"]
-            in_sql = len(spans) <= _CASE_LIMIT
-            label = _span_case(t, spans) if in_sql else t
-            constant = in_sql and len({s[2] for s in spans}) == 1  # a literal: nothing to group by
-            keys = rollup_keys(cols)
+        e = usage_events.c
+        width = _slot_width(spans)
+        slot = e.ts_ms.op("/")(literal_column(str(width)))
+        ranges = _ranges(spans)
+        # One query per range beyond two: SQLite scans the whole table for a long OR.
+        batches = [ranges] if len(ranges) <= 2 else [[r] for r in ranges]
+        nkeys = len(event_keys)
+        for batch in batches:
             stmt = (
-                select(label.label("tb"), *keys, *_sums(table, names))
-                .where(_rollup_where(t, spans, level), *rollup_where(cols))
-                .group_by(*([] if constant else [label]), *keys)
-            )
-            nkeys = len(keys)
-            for row in await conn.execute(stmt):
-                tb = int(row[0])
-                bucket = tb if in_sql else _span_of(spans, starts, tb, tb + 1)
-                sink(bucket, row[1 : 1 + nkeys], row[1 + nkeys :], sign)
-        else:
-            e = usage_events.c
-            width = _slot_width(spans)
-            slot = e.ts_ms.op("/")(literal_column(str(width)))
-            ranges = _ranges(spans)
-            # One query per range beyond two: SQLite scans the whole table for a long OR.
-            batches = [ranges] if len(ranges) <= 2 else [[r] for r in ranges]
-            nkeys = len(event_keys)
-            for batch in batches:
-                stmt = (
-                    select(slot.label("slot"), *event_keys, *_sums(usage_events, names))
-                    .where(
-                        or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in batch]),
-                        *_filter_clauses(e, filters, _served_model()),
-                    )
-                    .group_by(slot, *event_keys)
+                select(slot.label("slot"), *event_keys, *_sums(usage_events, names))
+                .where(
+                    or_(*[and_(e.ts_ms >= lo, e.ts_ms < hi) for lo, hi in batch]),
+                    *_filter_clauses(e, filters, _served_model()),
                 )
-                for row in await conn.execute(stmt):
-                    if not row[1 + nkeys]:
-                        continue
-                    lo = int(row[0]) * width
-                    sink(_span_of(spans, starts, lo, lo + width), row[1 : 1 + nkeys], row[1 + nkeys :], sign)
+                .group_by(slot, *event_keys)
+            )
+            for row in await conn.execute(stmt):
+                if not row[1 + nkeys]:
+                    continue
+                lo = int(row[0]) * width
+                sink(_span_of(spans, starts, lo, lo + width), row[1 : 1 + nkeys], row[1 + nkeys :], sign)
+
+
+_DIM_TABLES = (usage_monthly_dim, usage_daily_dim, usage_hourly_dim, usage_15m_dim)
+_FULL_TABLES = (None, usage_daily, usage_hourly, None)
 
 
 async def bucketed(
@@ -698,19 +801,20 @@ async def bucketed_sums(
     single = single_dimension(filters, dims)
     convert = single is not None and bool(dims) and dims[0] in _INT_DIMS
 
-    def rollup_keys(cols: Any) -> list[ColumnElement[Any]]:
+    def rollup_keys() -> list[str]:
         if single:
-            return [cols.value] if dims else []
-        return [cols[d] for d in dims]
+            return ["value"] if dims else []
+        return list(dims)
 
-    def rollup_where(cols: Any) -> list[ColumnElement[bool]]:
+    def rollup_where() -> _Where:
         if not single:
-            return [*_filter_clauses(cols, filters, cols.model)]
-        where = [cols.dim == single]
+            return _full_key_where(filters)
+        where: _Where = (["dim = :dim"], {"dim": single})
         for attr, dim in _FILTER_DIMS:
             values = getattr(filters, attr)
             if values and dim == single:
-                where.append(cols.value.in_([str(v) for v in values]))
+                where[0].append("value IN :values")
+                where[1]["values"] = [str(v) for v in values]
         return where
 
     def rollup_sink(bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
@@ -719,12 +823,8 @@ async def bucketed_sums(
     def event_sink(bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
         _acc(acc[bucket], tuple(keys), vals, sign)
 
-    groups = plan_buckets(bounds, months=single is not None)
-    tables = (
-        (usage_monthly_dim, usage_daily_dim, usage_hourly_dim)
-        if single
-        else (None, usage_daily, usage_hourly)
-    )
+    groups = plan_buckets(bounds, months=single is not None, slots=single is not None)
+    tables = _DIM_TABLES if single else _FULL_TABLES
     event_keys = [_event_dim(d) for d in dims]
     rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
     raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
@@ -903,15 +1003,32 @@ async def metrics_by(
     filters: Filters = Filters(),
     columns: Sequence[str] | None = None,
 ) -> dict[str, dict[Any, Metrics]]:
-    """For each named period [start, end): metrics grouped by one dimension."""
-    out: dict[str, dict[Any, Metrics]] = {}
+    """For each named period [start, end): metrics grouped by one dimension.
+
+    Periods that overlap or touch (today / this week / this month) are read in one pass: the
+    segments between all their edges are buckets, and each period adds up its segments.
+    """
+    live = {name: p for name, p in periods.items() if p[1] > p[0]}
+    out: dict[str, dict[Any, Metrics]] = {name: {} for name in periods}
+    if not live:
+        return out
+    edges = sorted({t for p in live.values() for t in p})
+    covered = all(any(lo <= a and b <= hi for lo, hi in live.values()) for a, b in itertools.pairwise(edges))
     async with db.connect() as conn:
-        for name, (start, end) in periods.items():
-            if end <= start:
-                out[name] = {}
-                continue
-            (rows,) = await bucketed(conn, [start, end], filters, (dim,), columns)
-            out[name] = {k[0]: m for k, m in rows.items()}
+        if not covered:  # disjoint periods with gaps between them: one pass each
+            for name, (start, end) in live.items():
+                (rows,) = await bucketed(conn, [start, end], filters, (dim,), columns)
+                out[name] = {k[0]: m for k, m in rows.items()}
+            return out
+        names, segments = await bucketed_sums(conn, edges, filters, (dim,), columns)
+    for name, (start, end) in live.items():
+        parts = [seg for i, seg in enumerate(segments) if start <= edges[i] and edges[i + 1] <= end]
+        total: Acc = parts[0] if len(parts) == 1 else {}
+        if len(parts) > 1:
+            for seg in parts:
+                for key, vals in seg.items():
+                    _acc(total, key, vals, 1)
+        out[name] = {k[0]: m for k, m in _metrics(total, names).items()}
     return out
 
 
@@ -985,13 +1102,13 @@ async def breakdowns(
     grouped: dict[str, Acc] = {d: {} for d in dims}
     dim_path = single_dimension(filters, ()) == "*"  # no filters at all
 
-    def rollup_keys(cols: Any) -> list[ColumnElement[Any]]:
-        return [cols.dim, cols.value] if dim_path else [cols[d] for d in dims]
+    def rollup_keys() -> list[str]:
+        return ["dim", "value"] if dim_path else list(dims)
 
-    def rollup_where(cols: Any) -> list[ColumnElement[bool]]:
+    def rollup_where() -> _Where:
         if dim_path:
-            return [cols.dim.in_(["*", *dims])]
-        return [*_filter_clauses(cols, filters, cols.model)]
+            return ["dim IN :dims"], {"dims": ["*", *dims]}
+        return _full_key_where(filters)
 
     def split(keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
         _acc(holder, (), vals, sign)
@@ -1009,12 +1126,8 @@ async def breakdowns(
     def event_sink(_bucket: int, keys: Sequence[Any], vals: Sequence[Any], sign: int) -> None:
         split(keys, vals, sign)
 
-    groups = plan_buckets([start_ms, end_ms], months=dim_path)
-    tables = (
-        (usage_monthly_dim, usage_daily_dim, usage_hourly_dim)
-        if dim_path
-        else (None, usage_daily, usage_hourly)
-    )
+    groups = plan_buckets([start_ms, end_ms], months=dim_path, slots=dim_path)
+    tables = _DIM_TABLES if dim_path else _FULL_TABLES
     event_keys = [_event_dim(d) for d in dims]
     rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
     raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}

@@ -220,7 +220,7 @@ def _dim_rollup_table(name: str, time_column: str) -> Table:
     )
 
 
-# Per-dimension rollups (store/dim_rollups.py): the same sums as usage_hourly / usage_daily,
+# Per-dimension rollups (store/increments.py): the same sums as usage_hourly / usage_daily,
 # but keyed by ONE dimension at a time (dim = '*' for all, account_id, api_key_id, model,
 # endpoint, provider or source; value = that dimension's value as text), successes and
 # failures together. Totals and single-dimension breakdowns read these: far fewer rows.
@@ -236,6 +236,9 @@ Index(
 )
 usage_daily_dim = _dim_rollup_table("usage_daily_dim", "day_ms")
 usage_monthly_dim = _dim_rollup_table("usage_monthly_dim", "month_ms")  # month_ms: UTC month start
+# The same per 15 minutes (slot_ms: slot start). Every zone offset in use is a multiple of 15
+# minutes, so local hour and day edges that fall inside a UTC hour are whole slots here.
+usage_15m_dim = _dim_rollup_table("usage_15m_dim", "slot_ms")
 
 # Price rows per model and origin: 'override' (user) > 'synced' > 'snapshot' (shipped).
 model_prices = Table(
@@ -371,6 +374,7 @@ __all__ = [
     "model_prices",
     "quota_snapshots",
     "settings",
+    "usage_15m_dim",
     "usage_daily",
     "usage_daily_dim",
     "usage_events",

@@ -21,8 +21,7 @@ from typing import Any
 
 import orjson
 
-from relaymeter.domain.events import NormalizeError, UsageEvent, normalize
-from relaymeter.domain.redact import redact
+from relaymeter.domain.events import UsageEvent
 from relaymeter.ingest.cliproxy import metrics
 from relaymeter.ingest.cliproxy.management import (
     AuthFileInfo,
@@ -36,6 +35,7 @@ from relaymeter.ingest.cliproxy.management import (
     PopResult,
     normalize_base_url,
 )
+from relaymeter.ingest.cliproxy.records import RecordNormalizer
 from relaymeter.ingest.cliproxy.resp import RespQueue
 from relaymeter.ingest.cliproxy.status import ConnectionStatus
 from relaymeter.ingest.writer import UsageWriter
@@ -165,15 +165,18 @@ class ConnectionRunner:
         keep_raw: bool = True,
         lease_ttl_ms: int = LEASE_TTL_MS,
         resp_queue: RespQueue | None = None,
+        normalizer: RecordNormalizer | None = None,
     ) -> None:
         """``resp_queue`` replaces the RESP endpoint derived from the CPA URL (e.g. a Redis
-        list standing in for CPA's RESP side); it is then kept across reconnects."""
+        list standing in for CPA's RESP side); it is then kept across reconnects.
+        ``normalizer`` (shared, maybe with a worker process) turns records into events."""
         if cfg.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.cfg = cfg
         self.db = db
         self.writer = writer
         self.keep_raw = keep_raw
+        self.normalizer = normalizer or RecordNormalizer()
         self.source = cfg.source
         self.holder = f"{holder}:{cfg.name}"
         self.lease = lease_name(cfg.base_url)
@@ -550,32 +553,15 @@ class ConnectionRunner:
 
     async def _process(self, spool_id: int, items: Sequence[Any], received_ms: int) -> None:
         """Normalize a spooled batch, store its events, then unspool it with its dead letters."""
-        events: list[UsageEvent] = []
-        bad: list[tuple[str, str]] = []
-        for item in items:
-            raw: str | None = None
-            obj = item
-            if isinstance(item, str):
-                raw = item
-                try:
-                    obj = orjson.loads(item)
-                except orjson.JSONDecodeError as exc:
-                    bad.append((f"record is not valid JSON: {exc}", item))
-                    continue
-            try:
-                event = normalize(obj, source=self.source, received_ms=received_ms, keep_raw=self.keep_raw)
-            except NormalizeError as exc:
-                bad.append((str(exc), _redacted_text(obj, raw)))
-                continue
-            except Exception as exc:  # a record must never stop the collector
-                bad.append((f"normalize failed: {type(exc).__name__}: {exc}", _redacted_text(obj, raw)))
-                continue
+        events, bad = await self.normalizer(
+            items, source=self.source, received_ms=received_ms, keep_raw=self.keep_raw
+        )
+        for event in events:
             info = self._accounts.get(event.auth_index) if event.auth_index else None
             if info is not None:
                 event.account_label = info.display_name
                 if not event.provider:
                     event.provider = info.provider
-            events.append(event)
         st = self.status
         flags: list[bool] = []
         if events:
@@ -637,15 +623,6 @@ def _account_values(info: AuthFileInfo) -> dict[str, Any]:
         "plan": info.plan,
         "email": info.email,
     }
-
-
-def _redacted_text(obj: Any, raw: str | None) -> str:
-    if isinstance(obj, dict | list):
-        try:
-            return orjson.dumps(redact(obj), default=str).decode()
-        except TypeError:
-            pass
-    return raw if raw is not None else orjson.dumps(obj, default=str).decode()
 
 
 def _spooled_items(raw: str) -> list[Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relaymeter.ingest.cliproxy import metrics
+from relaymeter.ingest.cliproxy.records import RecordNormalizer
 from relaymeter.ingest.cliproxy.runner import ConnectionRunner, ConnectionSettings, process_holder
 from relaymeter.ingest.cliproxy.status import ConnectionStatus
 from relaymeter.state import AppState
@@ -63,6 +64,7 @@ class CollectorService:
         self.only = set(only) if only else None
         self.reconcile_interval_s = reconcile_interval_s
         self.holder = process_holder()
+        self.normalizer = RecordNormalizer(state.settings.collector_normalize_workers)
         self._slots: dict[int, _Slot] = {}
         self._lock = asyncio.Lock()
         self._reconciler: asyncio.Task[None] | None = None
@@ -84,6 +86,7 @@ class CollectorService:
             self._reconciler = None
         async with self._lock:
             await self._stop_slots(list(self._slots.values()))
+        self.normalizer.close()
 
     async def run_once(self) -> list[ConnectionStatus]:
         """Drain each enabled connection once (replaying its spool first), then return."""
@@ -100,7 +103,10 @@ class CollectorService:
                 continue
             self._slots[row.id] = _Slot(row, runner, None, runner.status)
             runners.append(runner)
-        await asyncio.gather(*(r.run(once=True) for r in runners))
+        try:
+            await asyncio.gather(*(r.run(once=True) for r in runners))
+        finally:
+            self.normalizer.close()
         return [s.status for s in sorted(self._slots.values(), key=lambda s: s.row.name)]
 
     async def wait(self) -> None:
@@ -175,6 +181,7 @@ class CollectorService:
             writer=self.state.writer,
             holder=self.holder,
             keep_raw=self.state.settings.store_raw_payloads,
+            normalizer=self.normalizer,
         )
 
     def _start_slot(self, row: CPAConnectionRow) -> _Slot:
