@@ -102,6 +102,7 @@ class UsageWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._bulk_waiting = False
+        self._writing = 0  # batches taken off the queue and not yet stored
         # Called with each committed batch's new events (in the writer task; must not block).
         self.listeners: list[Callable[[list[UsageEvent]], None]] = []
 
@@ -152,7 +153,7 @@ class UsageWriter:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (or dead-lettered)."""
-        if not self._queue:
+        if not self._queue and not self._writing:
             return
         self._wakeup.set()
         await self._drained.wait()
@@ -220,7 +221,15 @@ class UsageWriter:
     # -- writing ---------------------------------------------------------------------------
 
     async def _write_one_batch(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        self._writing += 1
+        try:
+            await self._write_batch(
+                [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            )
+        finally:
+            self._writing -= 1
+
+    async def _write_batch(self, batch: list[_Item]) -> None:
         if len(self._queue) < self.high_water:
             self._room.set()
         started = time.perf_counter()

@@ -190,7 +190,9 @@ async def spool_add(db: Database, connection: str, raws: Sequence[str], received
     if not raws:
         return []
     rows = [{"connection": connection, "raw": raw, "received_ms": received_ms} for raw in raws]
-    async with db.connect() as conn:
+    # The write lock queues this behind the write path's batches in this process instead of
+    # letting SQLite's busy handler poll for its lock.
+    async with db.write_lock, db.connect() as conn:
         if db.is_sqlite:
             # The store runs WAL with synchronous=NORMAL (durable across process crashes);
             # popped records exist nowhere else, so make this commit survive power loss too.
@@ -255,7 +257,7 @@ async def spool_finish(
         for reason, raw in dead
     ]
     c = collector_spool.c
-    async with db.begin() as conn:
+    async with db.write_lock, db.begin() as conn:
         if rows:
             await conn.execute(insert(dead_letters), rows)
         ordered = sorted(set(ids))

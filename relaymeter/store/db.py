@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from relaymeter.store.sqlite_writer import SqliteWriter
+
 # Python's sqlite3 looks up an adapter for every parameter that is not exactly int, float, str or
 # bytes; for None and bool the lookup fails the slow way (it builds error messages) and cost more
 # than the row insert itself. Registered adapters turn those lookups into one dict hit.
@@ -42,10 +44,14 @@ class Database:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()  # 'sqlite' | 'postgresql'
         kwargs: dict[str, Any] = {"echo": echo}
+        # The write path's own connection and thread (file-backed SQLite only: an in-memory
+        # database is private to each connection).
+        self.sqlite_writer: SqliteWriter | None = None
         if self.is_sqlite:
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                self.sqlite_writer = SqliteWriter(str(Path(database).expanduser()), SQLITE_PRAGMAS)
             if database in ("", ":memory:"):
                 kwargs["poolclass"] = NullPool
             kwargs["connect_args"] = {"timeout": 30}
@@ -92,6 +98,8 @@ class Database:
         return self.engine.connect()
 
     async def dispose(self) -> None:
+        if self.sqlite_writer is not None:
+            await asyncio.to_thread(self.sqlite_writer.close)
         await self.engine.dispose()
 
     async def ping(self) -> bool:

@@ -6,12 +6,14 @@ import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaymeter.domain.events import UsageEvent
@@ -61,6 +63,7 @@ async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResul
 
     The CPU work that needs no database (rows, rollup increments) is done before taking the
     write lock, so a pipelining caller overlaps it with the previous batch's database work.
+    Accounts and API keys seen for the first time get their rows in a transaction before.
     """
     if not events:
         return BatchResult([])
@@ -69,40 +72,123 @@ async def insert_batch(db: Database, events: Sequence[UsageEvent]) -> BatchResul
     for i, ev in enumerate(events):
         first_index.setdefault(ev.event_hash, i)
     unique = [events[i] for i in sorted(first_index.values())]
-    prepared = _prepare(db, unique, now) if _ids_from_cache(db, unique) else None
+    if not _ids_from_cache(db, unique):
+        async with db.write_lock, db.begin() as conn:
+            new_accounts = await _resolve_accounts(db, conn, unique, now)
+            new_keys = await _resolve_api_keys(db, conn, unique, now)
+        db.account_ids.update(new_accounts)
+        db.api_key_ids.update(new_keys)
+    prepared = _prepare(db, unique, now)
 
-    async with db.write_lock, db.begin() as conn:
-        new_accounts = await _resolve_accounts(db, conn, unique, now)
-        new_keys = await _resolve_api_keys(db, conn, unique, now)
-        if prepared is None:
-            prepared = _prepare(db, unique, now)
-        if db.is_sqlite:
-            inserted_hashes = await _insert_sqlite(conn, unique, prepared.rows)
-        else:
+    if db.is_sqlite:
+        last_used = (dict(db.account_last_used), dict(db.api_key_last_used))
+        store = partial(_store_sqlite, events=unique, prepared=prepared, last_used=last_used)
+        async with db.write_lock:
+            if db.sqlite_writer is not None:
+                inserted_hashes, touched = await db.sqlite_writer.run(store)
+            else:
+                async with db.begin() as conn:
+                    inserted_hashes, touched = await conn.run_sync(
+                        lambda c: store(c.connection.dbapi_connection)
+                    )
+        db.account_last_used.update(touched[0])
+        db.api_key_last_used.update(touched[1])
+    else:
+        async with db.write_lock, db.begin() as conn:
             stmt = pg_insert(usage_events).on_conflict_do_nothing(index_elements=["event_hash"])
             result = await conn.execute(stmt.returning(usage_events.c.event_hash), prepared.rows)
             inserted_hashes = {row[0] for row in result}
-        if len(inserted_hashes) == len(unique):
-            fresh: Sequence[UsageEvent] = unique
-            increments = prepared.increments
-        else:
-            fresh = [ev for ev in unique if ev.event_hash in inserted_hashes]
-            increments = Increments.from_events(fresh)
-        if fresh:
-            await apply_increments(db, conn, increments)
-            await _touch_last_used(db, conn, fresh)
-    db.account_ids.update(new_accounts)
-    db.api_key_ids.update(new_keys)
+            if len(inserted_hashes) == len(unique):
+                fresh: Sequence[UsageEvent] = unique
+                increments = prepared.increments
+            else:
+                fresh = [ev for ev in unique if ev.event_hash in inserted_hashes]
+                increments = Increments.from_events(fresh)
+            if fresh:
+                await apply_increments(db, conn, increments)
+                await _touch_last_used(db, conn, fresh)
     flags = [False] * len(events)
     for h, i in first_index.items():
         flags[i] = h in inserted_hashes
     return BatchResult(flags)
 
 
+LastUsed = tuple[dict[int, int], dict[int, int]]
+
+
+def _dbapi(conn: Connection) -> Any:
+    """The DB-API connection under a (sync-facade) SQLAlchemy connection."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    return dbapi
+
+
+def _store_sqlite(
+    conn: Any, *, events: Sequence[UsageEvent], prepared: _Prepared, last_used: LastUsed
+) -> tuple[set[str], LastUsed]:
+    """SQLite, inside the write transaction (DB-API connection): dedup, insert, rollups and
+    last-used times. Returns the hashes inserted and the last-used times written.
+
+    Dedup needs no RETURNING: the transaction began with BEGIN IMMEDIATE, so no other writer
+    can commit between the lookup and the insert.
+    """
+    cur = conn.cursor()
+    rows = prepared.rows
+    keys = list({row[0] for row in rows})
+    existing: set[str] = set()
+    for start in range(0, len(keys), 900):
+        chunk = keys[start : start + 900]
+        cur.execute(
+            f"SELECT event_hash FROM usage_events WHERE event_key IN ({', '.join('?' for _ in chunk)})",
+            tuple(chunk),
+        )
+        existing.update(r[0] for r in cur.fetchall())
+    fresh: Sequence[UsageEvent] = events
+    writes = prepared.writes
+    if existing or writes is None:
+        rows = [row for row, ev in zip(rows, events, strict=True) if ev.event_hash not in existing]
+        fresh = [ev for ev in events if ev.event_hash not in existing]
+        writes = _increment_writes(Increments.from_events(fresh))
+    whole = len(rows) - len(rows) % ROWS_PER_INSERT
+    if whole:
+        flat = list(chain.from_iterable(rows[:whole]))
+        step = ROWS_PER_INSERT * _ROW_PARAMS
+        cur.executemany(_SQLITE_INSERT_EVENTS, [tuple(flat[i : i + step]) for i in range(0, len(flat), step)])
+    if whole < len(rows):
+        cur.executemany(_SQLITE_INSERT_EVENT, rows[whole:])
+    touched: LastUsed = ({}, {})
+    if fresh:
+        for table, table_rows in writes:
+            cur.executemany(_SQLITE_UPSERTS[table.name], table_rows)
+        for table, attr, written, done in (
+            ("accounts", "account_id", last_used[0], touched[0]),
+            ("api_keys", "api_key_id", last_used[1], touched[1]),
+        ):
+            due = _due_last_used(fresh, attr, written)
+            if due:
+                cur.executemany(
+                    f"UPDATE {table} SET last_used_ms = ? WHERE id = ? AND coalesce(last_used_ms, 0) < ?",
+                    [(ts, row_id, ts) for row_id, ts in due.items()],
+                )
+                done.update(due)
+    return {ev.event_hash for ev in fresh}, touched
+
+
+def _due_last_used(events: Sequence[UsageEvent], attr: str, written: dict[int, int]) -> dict[int, int]:
+    """Rows whose last_used_ms should advance: at most once a second per row."""
+    latest: dict[int, int] = {}
+    for ev in events:
+        row_id = getattr(ev, attr)
+        if row_id and ev.ts_ms > latest.get(row_id, 0):
+            latest[row_id] = ev.ts_ms
+    return {k: v for k, v in latest.items() if v > written.get(k, 0) + LAST_USED_RESOLUTION_MS}
+
+
 @dataclass(slots=True)
 class _Prepared:
     rows: list[Any]  # SQLite: tuples in _SQLITE_INSERT_EVENT order; PostgreSQL: dicts
     increments: Increments  # what the rows add to the rollups
+    writes: list[tuple[Any, list[tuple[Any, ...]]]] | None = None  # SQLite: its rollup rows, built here
 
 
 def _ids_from_cache(db: Database, events: Sequence[UsageEvent]) -> bool:
@@ -128,23 +214,54 @@ def _ids_from_cache(db: Database, events: Sequence[UsageEvent]) -> bool:
 
 def _prepare(db: Database, events: Sequence[UsageEvent], now: int) -> _Prepared:
     if db.is_sqlite:
-        rows: list[Any] = [(event_key(ev.event_hash), *_event_values(ev), now) for ev in events]
-    else:
-        rows = [_event_row(ev, now) for ev in events]
-    return _Prepared(rows, Increments.from_events(events))
+        increments = Increments.from_events(events)
+        return _Prepared([_sqlite_row(ev, now) for ev in events], increments, _increment_writes(increments))
+    return _Prepared([_event_row(ev, now) for ev in events], Increments.from_events(events))
 
 
 _EVENT_VALUE_NAMES = [name for name in _EVENT_COLUMNS if name not in ("ingested_ms", "event_key")]
 _event_values = operator.attrgetter(*_EVENT_VALUE_NAMES)
+# sqlite3 binds None and bool through its adapter lookup, which costs more than the value's
+# insert; the SQLite rows carry '' / -1 / 0-1 instead and SQL turns the sentinels back into NULL
+# (normalize never produces '' for these texts nor negative counts).
+_EMPTY_IS_NULL = ("error_kind", "error_message", "service_tier", "client_ip", "user_agent", "raw_json")
+_NEGATIVE_IS_NULL = ("stream", "status_code", "latency_ms", "ttft_ms")
+_AS_INT = ("failed", "price_missing")
+_EMPTY_IDX = [_EVENT_VALUE_NAMES.index(n) for n in _EMPTY_IS_NULL]
+_NEGATIVE_IDX = [_EVENT_VALUE_NAMES.index(n) for n in _NEGATIVE_IS_NULL]
+_INT_IDX = [_EVENT_VALUE_NAMES.index(n) for n in _AS_INT]
+
+
+def _placeholder(name: str) -> str:
+    if name in _EMPTY_IS_NULL:
+        return "NULLIF(?, '')"
+    if name in _NEGATIVE_IS_NULL:
+        return "NULLIF(?, -1)"
+    return "?"
+
+
+def _sqlite_row(ev: UsageEvent, now: int) -> tuple[Any, ...]:
+    values = list(_event_values(ev))
+    for i in _EMPTY_IDX:
+        if values[i] is None:
+            values[i] = ""
+    for i in _NEGATIVE_IDX:
+        value = values[i]
+        values[i] = -1 if value is None else int(value)
+    for i in _INT_IDX:
+        values[i] = int(values[i])
+    return (event_key(ev.event_hash), *values, now)
+
+
+_ROW_SQL = f"(?, {', '.join(_placeholder(n) for n in _EVENT_VALUE_NAMES)}, ?)"
 _SQLITE_INSERT_EVENT = (
-    f"INSERT INTO usage_events (event_key, {', '.join(_EVENT_VALUE_NAMES)}, ingested_ms) "
-    f"VALUES (?, {', '.join('?' for _ in _EVENT_VALUE_NAMES)}, ?)"
+    f"INSERT INTO usage_events (event_key, {', '.join(_EVENT_VALUE_NAMES)}, ingested_ms) VALUES {_ROW_SQL}"
 )
 # Rows per INSERT statement: one statement step per row costs sqlite3 a reset + bind round and
 # this thread a GIL hand-over, so a batch is inserted ROWS_PER_INSERT rows per step.
 ROWS_PER_INSERT = 20
 _ROW_PARAMS = len(_EVENT_VALUE_NAMES) + 2
-_SQLITE_INSERT_EVENTS = _SQLITE_INSERT_EVENT + (f", ({', '.join('?' * _ROW_PARAMS)})" * (ROWS_PER_INSERT - 1))
+_SQLITE_INSERT_EVENTS = _SQLITE_INSERT_EVENT + f", {_ROW_SQL}" * (ROWS_PER_INSERT - 1)
 
 
 def event_key(event_hash: str) -> int:
@@ -158,35 +275,6 @@ def _event_row(ev: UsageEvent, now: int) -> dict[str, Any]:
     row["event_key"] = event_key(ev.event_hash)
     row["ingested_ms"] = now
     return row
-
-
-async def _insert_sqlite(conn: AsyncConnection, events: Sequence[UsageEvent], rows: list[Any]) -> set[str]:
-    """SQLite: find the hashes already stored, then one driver-level executemany of the rest.
-
-    Safe without RETURNING: every write transaction starts with BEGIN IMMEDIATE, so no other
-    writer can commit between the lookup and the insert.
-    """
-    keys = list({row[0] for row in rows})
-    existing: set[str] = set()
-    for start in range(0, len(keys), 900):
-        chunk = keys[start : start + 900]
-        res = await conn.exec_driver_sql(
-            f"SELECT event_hash FROM usage_events WHERE event_key IN ({', '.join('?' for _ in chunk)})",
-            tuple(chunk),
-        )
-        existing.update(r[0] for r in res)
-    if existing:
-        rows = [row for row, ev in zip(rows, events, strict=True) if ev.event_hash not in existing]
-    whole = len(rows) - len(rows) % ROWS_PER_INSERT
-    if whole:
-        flat = list(chain.from_iterable(rows[:whole]))
-        step = ROWS_PER_INSERT * _ROW_PARAMS
-        await conn.exec_driver_sql(
-            _SQLITE_INSERT_EVENTS, [tuple(flat[i : i + step]) for i in range(0, len(flat), step)]
-        )
-    if whole < len(rows):
-        await conn.exec_driver_sql(_SQLITE_INSERT_EVENT, rows[whole:])
-    return {ev.event_hash for ev in events if ev.event_hash not in existing}
 
 
 async def _resolve_accounts(
@@ -314,23 +402,30 @@ _SQLITE_UPSERTS = {
 }
 
 
+def _increment_writes(inc: Increments) -> list[tuple[Any, list[tuple[Any, ...]]]]:
+    writes: list[tuple[Any, list[tuple[Any, ...]]]] = [
+        (t, inc.full_key(period)) for t, period in _FULL_KEY_TABLES
+    ]
+    writes += [(_DIM_TABLES[name], rows) for name, rows in inc.per_dimension().items()]
+    return [(table, rows) for table, rows in writes if rows]
+
+
+def _upsert_increments_sqlite(cursor: Any, inc: Increments) -> None:
+    """SQLite (DB-API cursor, inside the caller's transaction): add increments to every rollup."""
+    for table, rows in _increment_writes(inc):
+        cursor.executemany(_SQLITE_UPSERTS[table.name], rows)
+
+
 async def apply_increments(db: Database, conn: AsyncConnection, inc: Increments) -> None:
     """Add signed increments to every rollup table: full-key hourly and daily, and the
     per-dimension 15-minute, hourly, daily and monthly rows (in the caller's transaction)."""
     if not len(inc):
         return
-    writes: list[tuple[Any, list[tuple[Any, ...]]]] = [
-        (t, inc.full_key(period)) for t, period in _FULL_KEY_TABLES
-    ]
-    writes += [(_DIM_TABLES[name], rows) for name, rows in inc.per_dimension().items()]
-    for table, rows in writes:
-        if not rows:
-            continue
-        if db.is_sqlite:
-            await conn.exec_driver_sql(_SQLITE_UPSERTS[table.name], rows)
-            continue
-        # Several PostgreSQL writers: upsert in one key order so concurrent batches can't deadlock
-        # (SQLite serializes writers).
+    if db.is_sqlite:
+        await conn.run_sync(lambda c: _upsert_increments_sqlite(_dbapi(c).cursor(), inc))
+        return
+    for table, rows in _increment_writes(inc):
+        # Several PostgreSQL writers: upsert in one key order so concurrent batches can't deadlock.
         keys = _key_columns(table)
         names = (*keys, *SUM_COLUMNS)
         stmt = pg_insert(table)
@@ -350,16 +445,7 @@ async def _touch_last_used(db: Database, conn: AsyncConnection, events: Sequence
         (accounts, "account_id", db.account_last_used),
         (api_keys, "api_key_id", db.api_key_last_used),
     ):
-        latest: dict[int, int] = {}
-        for ev in events:
-            row_id = getattr(ev, attr)
-            if row_id and ev.ts_ms > latest.get(row_id, 0):
-                latest[row_id] = ev.ts_ms
-        due = [
-            {"b_id": k, "b_ts": v}
-            for k, v in latest.items()
-            if v > written.get(k, 0) + LAST_USED_RESOLUTION_MS
-        ]
+        due = _due_last_used(events, attr, written)
         if not due:
             continue
         stmt = (
@@ -372,9 +458,8 @@ async def _touch_last_used(db: Database, conn: AsyncConnection, events: Sequence
             )
             .values(last_used_ms=bindparam("b_ts"))
         )
-        await conn.execute(stmt, due)
-        for item in due:
-            written[item["b_id"]] = item["b_ts"]
+        await conn.execute(stmt, [{"b_id": k, "b_ts": v} for k, v in due.items()])
+        written.update(due)
 
 
 async def add_dead_letters(db: Database, source: str, items: Sequence[tuple[str, str]]) -> None:

@@ -120,6 +120,10 @@ class RecordNormalizer:
                 self.workers = 0
         return normalize_records(items, source=source, received_ms=received_ms, keep_raw=keep_raw)
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (for status and benchmarks)."""
+        return list(self._pool._processes) if self._pool is not None else []
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
