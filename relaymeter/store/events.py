@@ -158,8 +158,7 @@ def _store_sqlite(
         cur.executemany(_SQLITE_INSERT_EVENT, rows[whole:])
     touched: LastUsed = ({}, {})
     if fresh:
-        for table, table_rows in writes:
-            cur.executemany(_SQLITE_UPSERTS[table.name], table_rows)
+        _upsert_sqlite(cur, writes)
         for table, attr, written, done in (
             ("accounts", "account_id", last_used[0], touched[0]),
             ("api_keys", "api_key_id", last_used[1], touched[1]),
@@ -410,9 +409,9 @@ def _increment_writes(inc: Increments) -> list[tuple[Any, list[tuple[Any, ...]]]
     return [(table, rows) for table, rows in writes if rows]
 
 
-def _upsert_increments_sqlite(cursor: Any, inc: Increments) -> None:
-    """SQLite (DB-API cursor, inside the caller's transaction): add increments to every rollup."""
-    for table, rows in _increment_writes(inc):
+def _upsert_sqlite(cursor: Any, writes: list[tuple[Any, list[tuple[Any, ...]]]]) -> None:
+    """SQLite (DB-API cursor, inside the caller's transaction): add rollup rows to their tables."""
+    for table, rows in writes:
         cursor.executemany(_SQLITE_UPSERTS[table.name], rows)
 
 
@@ -422,7 +421,7 @@ async def apply_increments(db: Database, conn: AsyncConnection, inc: Increments)
     if not len(inc):
         return
     if db.is_sqlite:
-        await conn.run_sync(lambda c: _upsert_increments_sqlite(_dbapi(c).cursor(), inc))
+        await conn.run_sync(lambda c: _upsert_sqlite(_dbapi(c).cursor(), _increment_writes(inc)))
         return
     for table, rows in _increment_writes(inc):
         # Several PostgreSQL writers: upsert in one key order so concurrent batches can't deadlock.

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, quantile
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
 from relaymeter.store.db import Database
-from relaymeter.store.increments import SLOT_MS
+from relaymeter.store.increments import SLOT_MS, month_start_ms
 from relaymeter.store.schema import (
     TOKEN_COLUMNS,
     accounts,
@@ -323,25 +323,33 @@ _SLOT_WIDTHS = (HOUR_MS, 1_800_000, 900_000, 300_000, 60_000, 1000, 1)
 Span = tuple[int, int, int, int]
 
 
-def _cover_slots(
-    lo: int, hi: int, bucket: int, sign: int, out: dict[str, list[Span]], complement: bool
+def _cover_units(
+    lo: int,
+    hi: int,
+    bucket: int,
+    sign: int,
+    out: dict[str, list[Span]],
+    complement: bool,
+    width: int,
+    level: str,
 ) -> None:
-    """[lo, hi) inside one hour from 15-minute rows, raw events only for partial slots."""
-    slot = lo - lo % SLOT_MS
+    """[lo, hi) from ``level`` rows ``width`` long, raw events only for partial units (with
+    ``complement``, a unit mostly inside is read whole minus the raw part outside)."""
+    unit = lo - lo % width
     while lo < hi:
-        end = slot + SLOT_MS
+        end = unit + width
         x, y = lo, min(hi, end)
-        if x == slot and y == end:
-            out["slot"].append((slot, end, bucket, sign))
-        elif complement and SLOT_MS - (y - x) < y - x:
-            out["slot"].append((slot, end, bucket, sign))
-            if slot < x:
-                out["raw"].append((slot, x, bucket, -sign))
+        if x == unit and y == end:
+            out[level].append((unit, end, bucket, sign))
+        elif complement and width - (y - x) < y - x:
+            out[level].append((unit, end, bucket, sign))
+            if unit < x:
+                out["raw"].append((unit, x, bucket, -sign))
             if y < end:
                 out["raw"].append((y, end, bucket, -sign))
         else:
             out["raw"].append((x, y, bucket, sign))
-        lo, slot = y, end
+        lo, unit = y, end
 
 
 def _cover_hours(
@@ -353,22 +361,17 @@ def _cover_hours(
     complement: bool,
     slots: bool = False,
 ) -> None:
+    if not slots:
+        _cover_units(lo, hi, bucket, sign, out, complement, HOUR_MS, "hour")
+        return
     hour = lo - lo % HOUR_MS
     while lo < hi:
         end = hour + HOUR_MS
         x, y = lo, min(hi, end)
         if x == hour and y == end:
             out["hour"].append((hour, end, bucket, sign))
-        elif slots:
-            _cover_slots(x, y, bucket, sign, out, complement)
-        elif complement and HOUR_MS - (y - x) < y - x:
-            out["hour"].append((hour, end, bucket, sign))
-            if hour < x:
-                out["raw"].append((hour, x, bucket, -sign))
-            if y < end:
-                out["raw"].append((y, end, bucket, -sign))
-        else:
-            out["raw"].append((x, y, bucket, sign))
+        else:  # a partial hour from its 15-minute slots
+            _cover_units(x, y, bucket, sign, out, complement, SLOT_MS, "slot")
         lo, hour = y, end
 
 
@@ -396,11 +399,6 @@ def _cover_days(
         lo, day = y, end
 
 
-def _month_start(ts_ms: int) -> int:
-    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
-    return int(datetime(d.year, d.month, 1, tzinfo=UTC).timestamp() * 1000)
-
-
 def _next_month(month_ms: int) -> int:
     d = datetime.fromtimestamp(month_ms / 1000, UTC)
     return int(datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -417,7 +415,7 @@ def _cover(
     if not months:
         _cover_days(lo, hi, bucket, 1, out, True, slots)
         return
-    month = _month_start(lo)
+    month = month_start_ms(lo)
     while lo < hi:
         end = _next_month(month)
         x, y = lo, min(hi, end)
