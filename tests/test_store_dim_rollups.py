@@ -42,29 +42,14 @@ async def dim_rows(db: Database, table: str, time_column: str) -> list[tuple[Any
     return sorted((r for r in rows if any(r[3:])), key=lambda r: (r[0], r[1], str(r[2])))
 
 
-async def daily_from_hourly(db: Database) -> list[tuple[Any, ...]]:
+async def folded(db: Database, table: str, time_column: str, period_ms: int) -> list[tuple[Any, ...]]:
+    """A per-dimension table's rows summed into coarser periods."""
+    period = f"{time_column} - {time_column} % {period_ms}"
     async with db.connect() as conn:
         rows = [
             tuple(r)
             for r in await conn.execute(
-                text(
-                    f"SELECT hour_ms - hour_ms % 86400000, dim, value, {SUMS} FROM usage_hourly_dim "
-                    "GROUP BY hour_ms - hour_ms % 86400000, dim, value"
-                )
-            )
-        ]
-    return sorted((r for r in rows if any(r[3:])), key=lambda r: (r[0], r[1], str(r[2])))
-
-
-async def hourly_from_slots(db: Database) -> list[tuple[Any, ...]]:
-    async with db.connect() as conn:
-        rows = [
-            tuple(r)
-            for r in await conn.execute(
-                text(
-                    f"SELECT slot_ms - slot_ms % 3600000, dim, value, {SUMS} FROM usage_15m_dim "
-                    "GROUP BY slot_ms - slot_ms % 3600000, dim, value"
-                )
+                text(f"SELECT {period}, dim, value, {SUMS} FROM {table} GROUP BY {period}, dim, value")
             )
         ]
     return sorted((r for r in rows if any(r[3:])), key=lambda r: (r[0], r[1], str(r[2])))
@@ -73,9 +58,9 @@ async def hourly_from_slots(db: Database) -> list[tuple[Any, ...]]:
 async def assert_consistent(db: Database) -> None:
     hourly = await dim_rows(db, "usage_hourly_dim", "hour_ms")
     assert hourly == await expected_from_full(db)
-    assert hourly == await hourly_from_slots(db)
+    assert hourly == await folded(db, "usage_15m_dim", "slot_ms", 3_600_000)
     daily = await dim_rows(db, "usage_daily_dim", "day_ms")
-    assert daily == await daily_from_hourly(db)
+    assert daily == await folded(db, "usage_hourly_dim", "hour_ms", 86_400_000)
     assert hourly
     months: dict[tuple[Any, ...], list[int]] = {}
     for day, dim, value, *vals in daily:
