@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402  # bench/procstat.py, beside this script
 from sqlalchemy import text  # noqa: E402
 
 from relaymeter.app import open_state  # noqa: E402
@@ -50,15 +51,6 @@ def start_fake(records: int, resp_only: bool) -> tuple[subprocess.Popen[str], in
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     return proc, port
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def normalize_cost_us(sample: int = 5000, keep_raw: bool = True) -> float:
@@ -117,7 +109,7 @@ async def run(args: argparse.Namespace) -> None:
         status = await runner.run(once=True)
         await writer.flush()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        worker_cpu = sum(_process_cpu(pid) for pid in normalizer.worker_pids())
+        worker_cpu = sum(cpu_seconds(pid) or 0.0 for pid in normalizer.worker_pids())
         async with db.connect() as conn:
             stored = (await conn.execute(text("SELECT count(*) FROM usage_events"))).scalar_one()
     finally:

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procstat import cpu_seconds  # bench/procstat.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 
@@ -329,34 +331,6 @@ async def _py_load(url: str, key: str, body: str, conns: int, duration: float) -
         "non2xx": bad,
         "socket_errors": "",
     }
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time so far of a process, its threads and its live child processes
-    (the relay's workers), from Linux /proc; None elsewhere."""
-    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(entry.name)] = (
-            int(fields[1]),
-            (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
-        )
-    if pid not in stats:
-        return None
-    children: dict[int, list[int]] = {}
-    for candidate, (parent, _cpu) in stats.items():
-        children.setdefault(parent, []).append(candidate)
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += stats[current][1]
-        todo.extend(children.get(current, ()))
-    return total
 
 
 def load(
