@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache, partial
 from itertools import chain
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relaymeter.domain.events import UsageEvent
 from relaymeter.domain.redact import redact_text
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
+from relaymeter.store import versions
 from relaymeter.store.db import Database
 from relaymeter.store.increments import SUM_COLUMNS, Increments
 from relaymeter.store.schema import (
@@ -133,44 +135,63 @@ def _store_sqlite(
     can commit between the lookup and the insert.
     """
     cur = conn.cursor()
-    rows = prepared.rows
-    keys = list({row[0] for row in rows})
-    existing: set[str] = set()
-    for start in range(0, len(keys), 900):
-        chunk = keys[start : start + 900]
-        cur.execute(
-            f"SELECT event_hash FROM usage_events WHERE event_key IN ({', '.join('?' for _ in chunk)})",
-            tuple(chunk),
-        )
-        existing.update(r[0] for r in cur.fetchall())
+    # One statement, one parameter: the keys as a JSON array (built in _prepare).
+    cur.execute(_SQLITE_DEDUP, (prepared.keys_json,))
+    existing = {r[0] for r in cur.fetchall()}
     fresh: Sequence[UsageEvent] = events
-    writes = prepared.writes
-    if existing or writes is None:
-        rows = [row for row, ev in zip(rows, events, strict=True) if ev.event_hash not in existing]
+    inserts, writes, latest = prepared.inserts, prepared.writes, prepared.latest
+    if existing:
         fresh = [ev for ev in events if ev.event_hash not in existing]
+        inserts = _insert_statements(fresh, prepared.now)
         writes = _increment_writes(Increments.from_events(fresh))
-    whole = len(rows) - len(rows) % ROWS_PER_INSERT
-    if whole:
-        flat = list(chain.from_iterable(rows[:whole]))
-        step = ROWS_PER_INSERT * _ROW_PARAMS
-        cur.executemany(_SQLITE_INSERT_EVENTS, [tuple(flat[i : i + step]) for i in range(0, len(flat), step)])
-    if whole < len(rows):
-        cur.executemany(_SQLITE_INSERT_EVENT, rows[whole:])
+        latest = _latest_used(fresh)
+    for sql, params in inserts:
+        cur.execute(sql, params)
     touched: LastUsed = ({}, {})
     if fresh:
         _upsert_sqlite(cur, writes)
-        for table, attr, written, done in (
-            ("accounts", "account_id", last_used[0], touched[0]),
-            ("api_keys", "api_key_id", last_used[1], touched[1]),
+        for table, latest_ts, written, done in (
+            ("accounts", latest[0], last_used[0], touched[0]),
+            ("api_keys", latest[1], last_used[1], touched[1]),
         ):
-            due = _due_last_used(fresh, attr, written)
+            due = {k: v for k, v in latest_ts.items() if v > written.get(k, 0) + LAST_USED_RESOLUTION_MS}
             if due:
-                cur.executemany(
-                    f"UPDATE {table} SET last_used_ms = ? WHERE id = ? AND coalesce(last_used_ms, 0) < ?",
-                    [(ts, row_id, ts) for row_id, ts in due.items()],
-                )
+                items = list(due.items())
+                start = 0
+                for size in _chunk_sizes(len(items)):
+                    params = tuple(chain.from_iterable(items[start : start + size]))
+                    cur.execute(_last_used_sql(table, size), params)
+                    start += size
                 done.update(due)
     return {ev.event_hash for ev in fresh}, touched
+
+
+_SQLITE_DEDUP = "SELECT event_hash FROM usage_events WHERE event_key IN (SELECT value FROM json_each(?))"
+
+
+@cache
+def _last_used_sql(table: str, rows: int) -> str:
+    """Advance last_used_ms of ``rows`` (id, ts) pairs in one statement (not a step per row);
+    a CTE rather than UPDATE ... FROM, which needs SQLite 3.33."""
+    values = ", ".join("(?, ?)" for _ in range(rows))
+    ts = f"(SELECT v.ts FROM v WHERE v.id = {table}.id)"
+    return (
+        f"WITH v(id, ts) AS (VALUES {values}) UPDATE {table} SET last_used_ms = {ts} "
+        f"WHERE id IN (SELECT id FROM v) AND coalesce(last_used_ms, 0) < {ts}"
+    )
+
+
+def _latest_used(events: Sequence[UsageEvent]) -> tuple[dict[int, int], dict[int, int]]:
+    """Latest event time per account id and per API key id (ids 0 left out)."""
+    accounts_ts: dict[int, int] = {}
+    keys_ts: dict[int, int] = {}
+    for ev in events:
+        ts = ev.ts_ms
+        if (row_id := ev.account_id) and ts > accounts_ts.get(row_id, 0):
+            accounts_ts[row_id] = ts
+        if (row_id := ev.api_key_id) and ts > keys_ts.get(row_id, 0):
+            keys_ts[row_id] = ts
+    return accounts_ts, keys_ts
 
 
 def _due_last_used(events: Sequence[UsageEvent], attr: str, written: dict[int, int]) -> dict[int, int]:
@@ -185,9 +206,15 @@ def _due_last_used(events: Sequence[UsageEvent], attr: str, written: dict[int, i
 
 @dataclass(slots=True)
 class _Prepared:
-    rows: list[Any]  # SQLite: tuples in _SQLITE_INSERT_EVENT order; PostgreSQL: dicts
+    rows: list[Any]  # PostgreSQL: dicts (SQLite: empty, see inserts)
     increments: Increments  # what the rows add to the rollups
-    writes: list[tuple[Any, list[tuple[Any, ...]]]] | None = None  # SQLite: its rollup rows, built here
+    # SQLite only, built here so the write thread mostly binds and steps: rollup rows, the
+    # INSERT statements with their parameters, the keys to look up as JSON, latest use per id.
+    writes: list[tuple[Any, list[tuple[Any, ...]]]] = field(default_factory=list)
+    inserts: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    keys_json: bytes = b"[]"
+    latest: tuple[dict[int, int], dict[int, int]] = ({}, {})
+    now: int = 0  # ingested_ms
 
 
 def _ids_from_cache(db: Database, events: Sequence[UsageEvent]) -> bool:
@@ -214,7 +241,18 @@ def _ids_from_cache(db: Database, events: Sequence[UsageEvent]) -> bool:
 def _prepare(db: Database, events: Sequence[UsageEvent], now: int) -> _Prepared:
     if db.is_sqlite:
         increments = Increments.from_events(events)
-        return _Prepared([_sqlite_row(ev, now) for ev in events], increments, _increment_writes(increments))
+        inserts = _insert_statements(events, now)
+        # event_key is the first value of each row; ?1 (ingested_ms) comes before the rows.
+        keys = chain.from_iterable(params[1::_EVENT_ROW_PARAMS] for _sql, params in inserts)
+        return _Prepared(
+            [],
+            increments,
+            _increment_writes(increments),
+            inserts,
+            orjson.dumps(list(keys)),
+            _latest_used(events),
+            now,
+        )
     return _Prepared([_event_row(ev, now) for ev in events], Increments.from_events(events))
 
 
@@ -226,41 +264,79 @@ _event_values = operator.attrgetter(*_EVENT_VALUE_NAMES)
 _EMPTY_IS_NULL = ("error_kind", "error_message", "service_tier", "client_ip", "user_agent", "raw_json")
 _NEGATIVE_IS_NULL = ("stream", "status_code", "latency_ms", "ttft_ms")
 _AS_INT = ("failed", "price_missing")
-_EMPTY_IDX = [_EVENT_VALUE_NAMES.index(n) for n in _EMPTY_IS_NULL]
-_NEGATIVE_IDX = [_EVENT_VALUE_NAMES.index(n) for n in _NEGATIVE_IS_NULL]
-_INT_IDX = [_EVENT_VALUE_NAMES.index(n) for n in _AS_INT]
 
 
-def _placeholder(name: str) -> str:
+def _placeholder(name: str, number: int) -> str:
     if name in _EMPTY_IS_NULL:
-        return "NULLIF(?, '')"
+        return f"NULLIF(?{number}, '')"
     if name in _NEGATIVE_IS_NULL:
-        return "NULLIF(?, -1)"
-    return "?"
+        return f"NULLIF(?{number}, -1)"
+    return f"?{number}"
 
 
-def _sqlite_row(ev: UsageEvent, now: int) -> tuple[Any, ...]:
-    values = list(_event_values(ev))
-    for i in _EMPTY_IDX:
-        if values[i] is None:
-            values[i] = ""
-    for i in _NEGATIVE_IDX:
-        value = values[i]
-        values[i] = -1 if value is None else int(value)
-    for i in _INT_IDX:
-        values[i] = int(values[i])
-    return (event_key(ev.event_hash), *values, now)
+def _row_value(name: str) -> str:
+    """Python expression of one column's SQLite parameter, read from event ``ev``."""
+    if name in _EMPTY_IS_NULL:
+        return f"'' if (v := ev.{name}) is None else v"
+    if name in _NEGATIVE_IS_NULL:
+        return f"-1 if (v := ev.{name}) is None else int(v)"
+    if name in _AS_INT:
+        return f"int(ev.{name})"
+    return f"ev.{name}"
 
 
-_ROW_SQL = f"(?, {', '.join(_placeholder(n) for n in _EVENT_VALUE_NAMES)}, ?)"
-_SQLITE_INSERT_EVENT = (
-    f"INSERT INTO usage_events (event_key, {', '.join(_EVENT_VALUE_NAMES)}, ingested_ms) VALUES {_ROW_SQL}"
-)
-# Rows per INSERT statement: one statement step per row costs sqlite3 a reset + bind round and
-# this thread a GIL hand-over, so a batch is inserted ROWS_PER_INSERT rows per step.
-ROWS_PER_INSERT = 20
-_ROW_PARAMS = len(_EVENT_VALUE_NAMES) + 2
-_SQLITE_INSERT_EVENTS = _SQLITE_INSERT_EVENT + f", {_ROW_SQL}" * (ROWS_PER_INSERT - 1)
+# _sqlite_row(ev) -> (event_key, *values in _EVENT_VALUE_NAMES order, NULLs as sentinels). It runs
+# once per event, so it is compiled from the column list into one tuple display (no loops, no
+# intermediate list); event_key inlined.
+_ROW_SOURCE = f"""
+def _sqlite_row(ev):
+    key = int(ev.event_hash[:16], 16)
+    return (key - {1 << 64} if key >= {1 << 63} else key, {", ".join(map(_row_value, _EVENT_VALUE_NAMES))})
+"""
+_row_namespace: dict[str, Any] = {}
+exec(_ROW_SOURCE, _row_namespace)
+_sqlite_row: Callable[[UsageEvent], tuple[Any, ...]] = _row_namespace["_sqlite_row"]
+
+# Rows per statement: each statement step costs sqlite3 a reset + bind round and this thread a GIL
+# hand-over (sqlite3 releases the GIL around every step), so a batch goes CHUNK_ROWS rows to a
+# statement and its remainder in power-of-two parts: a few cached statements serve any size.
+CHUNK_ROWS = 128
+_EVENT_ROW_PARAMS = 1 + len(_EVENT_VALUE_NAMES)  # event_key + values; ?1 is ingested_ms, shared
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    sizes = [CHUNK_ROWS] * (count // CHUNK_ROWS)
+    rest, size = count % CHUNK_ROWS, CHUNK_ROWS
+    while rest:
+        size //= 2
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+    return sizes
+
+
+@cache
+def _insert_events_sql(rows: int) -> str:
+    """INSERT of ``rows`` events: ?1 is the batch's ingested_ms, then each row's parameters."""
+    groups = []
+    for r in range(rows):
+        first = 2 + r * _EVENT_ROW_PARAMS
+        cells = (_placeholder(n, first + 1 + i) for i, n in enumerate(_EVENT_VALUE_NAMES))
+        groups.append(f"(?{first}, {', '.join(cells)}, ?1)")
+    columns = ", ".join(_EVENT_VALUE_NAMES)
+    return f"INSERT INTO usage_events (event_key, {columns}, ingested_ms) VALUES {', '.join(groups)}"
+
+
+def _insert_statements(events: Sequence[UsageEvent], now: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """(INSERT, parameters) pairs that store ``events``. The rows go straight into each
+    statement's flat parameter tuple: no per-event tuple outlives its chunk (less GC work)."""
+    out = []
+    start = 0
+    for size in _chunk_sizes(len(events)):
+        params = (now, *chain.from_iterable(map(_sqlite_row, events[start : start + size])))
+        out.append((_insert_events_sql(size), params))
+        start += size
+    return out
 
 
 def event_key(event_hash: str) -> int:
@@ -372,10 +448,11 @@ async def _resolve_api_keys(
     return found
 
 
-def _sqlite_upsert(table: str, keys: Sequence[str]) -> str:
+def _sqlite_upsert(table: str, keys: Sequence[str], rows: int = 1) -> str:
     cols = [*keys, *SUM_COLUMNS]
+    row = f"({', '.join('?' for _ in cols)})"
     return (
-        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([row] * rows)} "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
         + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS)
     )
@@ -395,10 +472,14 @@ def _key_columns(table: Any) -> tuple[str, ...]:
     return tuple(c.name for c in table.columns if c.name not in SUM_COLUMNS)
 
 
-_SQLITE_UPSERTS = {
-    t.name: _sqlite_upsert(t.name, _key_columns(t))
-    for t in (usage_hourly, usage_daily, *_DIM_TABLES.values())
-}
+_ROLLUP_KEYS = {t.name: _key_columns(t) for t in (usage_hourly, usage_daily, *_DIM_TABLES.values())}
+
+
+@cache
+def _sqlite_upsert_rows(table: str, rows: int) -> str:
+    """The upsert of ``rows`` rollup rows in one statement (rows of a batch have distinct keys;
+    a repeated key would still add up, as SQLite applies the upsert row by row)."""
+    return _sqlite_upsert(table, _ROLLUP_KEYS[table], rows)
 
 
 def _increment_writes(inc: Increments) -> list[tuple[Any, list[tuple[Any, ...]]]]:
@@ -412,7 +493,17 @@ def _increment_writes(inc: Increments) -> list[tuple[Any, list[tuple[Any, ...]]]
 def _upsert_sqlite(cursor: Any, writes: list[tuple[Any, list[tuple[Any, ...]]]]) -> None:
     """SQLite (DB-API cursor, inside the caller's transaction): add rollup rows to their tables."""
     for table, rows in writes:
-        cursor.executemany(_SQLITE_UPSERTS[table.name], rows)
+        start = 0
+        for size in _chunk_sizes(len(rows)):
+            params = tuple(chain.from_iterable(rows[start : start + size]))
+            cursor.execute(_sqlite_upsert_rows(table.name, size), params)
+            start += size
+    versions.bump_sqlite(cursor, _touched(writes))
+
+
+def _touched(writes: list[tuple[Any, list[tuple[Any, ...]]]]) -> list[tuple[str, int]]:
+    """The hours and days whose rollup rows these writes change (for usage_versions)."""
+    return versions.touched_units(row[0] for table, rows in writes if table is usage_hourly for row in rows)
 
 
 async def apply_increments(db: Database, conn: AsyncConnection, inc: Increments) -> None:
@@ -423,7 +514,8 @@ async def apply_increments(db: Database, conn: AsyncConnection, inc: Increments)
     if db.is_sqlite:
         await conn.run_sync(lambda c: _upsert_sqlite(_dbapi(c).cursor(), _increment_writes(inc)))
         return
-    for table, rows in _increment_writes(inc):
+    writes = _increment_writes(inc)
+    for table, rows in writes:
         # Several PostgreSQL writers: upsert in one key order so concurrent batches can't deadlock.
         keys = _key_columns(table)
         names = (*keys, *SUM_COLUMNS)
@@ -433,6 +525,7 @@ async def apply_increments(db: Database, conn: AsyncConnection, inc: Increments)
         )
         rows.sort(key=lambda r: tuple(str(v) for v in r[: len(keys)]))
         await conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
+    await versions.bump(conn, _touched(writes))
 
 
 LAST_USED_RESOLUTION_MS = 1000

@@ -7,9 +7,10 @@ monthly) are folded from those few rows. The write path upserts them in one tran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -49,7 +50,23 @@ Record = tuple[Any, ...]
 _event_key = attrgetter(
     "account_id", "api_key_id", "actual_model", "model", "endpoint", "source", "provider", "failed"
 )
-_event_values = attrgetter("ts_ms", "failed", *TOKEN_COLUMNS, "cost_micros")
+_MISSING = -(1 << 63)  # stands for None in _event_numbers (no real time, count or cost is this)
+_LATENCY = COST + 1  # positions of latency_ms and ttft_ms in _event_numbers' tuple
+# _event_numbers(ev) -> (ts_ms, failed, *TOKEN_COLUMNS, cost_micros, latency_ms, ttft_ms), None as
+# _MISSING: compiled into one tuple display, as it runs once per event.
+_NUMBERS_SOURCE = f"""
+def _event_numbers(ev):
+    latency = ev.latency_ms
+    ttft = ev.ttft_ms
+    return (
+        {", ".join(f"ev.{name}" for name in ("ts_ms", "failed", *TOKEN_COLUMNS, "cost_micros"))},
+        {_MISSING} if latency is None else latency,
+        {_MISSING} if ttft is None else ttft,
+    )
+"""
+_numbers_namespace: dict[str, Any] = {}
+exec(_NUMBERS_SOURCE, _numbers_namespace)
+_event_numbers: Callable[[UsageEvent], tuple[int, ...]] = _numbers_namespace["_event_numbers"]
 
 
 def month_start_ms(ts_ms: int) -> int:
@@ -104,20 +121,22 @@ class Increments:
             for acc, key, actual, model, endpoint, source, provider, failed in map(_event_key, events)
         ]
         n = len(events)
-        values = np.array(list(map(_event_values, events)), dtype=np.int64).reshape(n, COST + 1)
+        width = _LATENCY + 2
+        values = np.fromiter(
+            chain.from_iterable(map(_event_numbers, events)), dtype=np.int64, count=n * width
+        ).reshape(n, width)
         sums = np.zeros((n, len(SUM_COLUMNS)), dtype=np.int64)
         sums[:, 0] = 1
-        sums[:, 1 : COST + 1] = values[:, 1:]
-        for col, attr in (
-            (SUM_COLUMNS.index("latency_sum_ms"), "latency_ms"),
-            (SUM_COLUMNS.index("ttft_sum_ms"), "ttft_ms"),
+        sums[:, 1 : COST + 1] = values[:, 1 : COST + 1]
+        for col, pos in (
+            (SUM_COLUMNS.index("latency_sum_ms"), _LATENCY),
+            (SUM_COLUMNS.index("ttft_sum_ms"), _LATENCY + 1),
         ):
-            raw = [getattr(ev, attr) for ev in events]
-            present = np.array([v is not None for v in raw], dtype=bool)
-            measured = np.array([v or 0 for v in raw], dtype=np.int64)
+            present = values[:, pos] != _MISSING
+            measured = np.where(present, values[:, pos], 0)
             sums[:, col] = measured
             sums[:, col + 1] = present
-            if attr == "latency_ms":
+            if pos == _LATENCY:
                 rows = np.flatnonzero(present)
                 sums[rows, _LAT0 + np.searchsorted(_BOUNDS, measured[rows], side="left")] = 1
         ts = values[:, 0]

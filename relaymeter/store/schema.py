@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -240,6 +241,18 @@ usage_monthly_dim = _dim_rollup_table("usage_monthly_dim", "month_ms")  # month_
 # minutes, so local hour and day edges that fall inside a UTC hour are whole slots here.
 usage_15m_dim = _dim_rollup_table("usage_15m_dim", "slot_ms")
 
+# Change counters of the rollups: the write path adds one to the UTC hour ('h') and day ('d')
+# of every rollup row it changes, in the same transaction; in-memory copies of closed units
+# (store/rollup_cache.py) compare them before use.
+usage_versions = Table(
+    "usage_versions",
+    metadata,
+    Column("level", String(1), nullable=False),
+    Column("unit_ms", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("level", "unit_ms"),
+)
+
 # Price rows per model and origin: 'override' (user) > 'synced' > 'snapshot' (shipped).
 model_prices = Table(
     "model_prices",
@@ -381,6 +394,7 @@ __all__ = [
     "usage_hourly",
     "usage_hourly_dim",
     "usage_monthly_dim",
+    "usage_versions",
 ]
 
 ROLLUP_KEY_COLUMNS = (
