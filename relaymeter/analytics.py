@@ -451,20 +451,20 @@ def _ratio(used: int, cap: int | None) -> float | None:
 
 def _period_usage(m: Metrics | None, start: int, resets: int | None, limit: int | None) -> dict[str, Any]:
     m = m or Metrics()
-    d = m.to_dict()
+    ok = m.requests - m.failures
     remaining = None if limit is None else max(limit - m.cost_micros, 0)
     return {
         "start_ms": start,
         "resets_ms": resets,
         "requests": m.requests,
         "failures": m.failures,
-        "successes": d["successes"],
-        "success_rate": d["success_rate"],
+        "successes": ok,
+        "success_rate": (ok / m.requests) if m.requests else None,
         "input_tokens": m.input_tokens,
         "output_tokens": m.output_tokens,
         "total_tokens": m.total_tokens,
         "cost_micros": m.cost_micros,
-        "cost_usd": d["cost_usd"],
+        "cost_usd": m.cost_micros / 1_000_000,
         "limit_micros": limit,
         "limit_usd": None if limit is None else limit / 1_000_000,
         "remaining_micros": remaining,
@@ -707,18 +707,17 @@ async def accounts_load(
 
 
 def _compact(m: Metrics) -> dict[str, Any]:
-    d = m.to_dict()
     return {
         "requests": m.requests,
         "failures": m.failures,
-        "success_rate": d["success_rate"],
+        "success_rate": ((m.requests - m.failures) / m.requests) if m.requests else None,
         "input_tokens": m.input_tokens,
         "output_tokens": m.output_tokens,
         "cache_read_tokens": m.cache_read_tokens,
         "cache_creation_tokens": m.cache_creation_tokens,
         "total_tokens": m.total_tokens,
         "cost_micros": m.cost_micros,
-        "cost_usd": d["cost_usd"],
+        "cost_usd": m.cost_micros / 1_000_000,
     }
 
 

@@ -34,18 +34,36 @@ def bucket_index(latency_ms: int) -> int:
     return LATENCY_BUCKET_COUNT - 1
 
 
+_LOWS = (0, *LATENCY_BOUNDS_MS)
+_HIGHS = (*LATENCY_BOUNDS_MS, LATENCY_BOUNDS_MS[-1] * 2)
+
+
 def quantile(buckets: Sequence[int], q: float) -> int | None:
     """Estimate the q-quantile (0..1) from bucket counts by linear interpolation."""
+    return quantiles(buckets, (q,))[0]
+
+
+def quantiles(buckets: Sequence[int], qs: Sequence[float]) -> list[int | None]:
+    """quantile() for several ascending q at once, in one pass over the buckets."""
     total = sum(buckets)
     if total <= 0:
-        return None
-    rank = q * total
+        return [None] * len(qs)
+    out: list[int | None] = []
     seen = 0
-    for i, count in enumerate(buckets):
-        if count and seen + count >= rank:
-            low = 0 if i == 0 else LATENCY_BOUNDS_MS[i - 1]
-            high = LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else low * 2
-            frac = (rank - seen) / count
-            return int(low + (high - low) * max(0.0, min(1.0, frac)))
-        seen += count
-    return LATENCY_BOUNDS_MS[-1] * 2
+    i = 0
+    last = len(buckets) - 1
+    for q in qs:
+        rank = q * total
+        while i <= last:
+            count = buckets[i]
+            if count and seen + count >= rank:
+                break
+            seen += count
+            i += 1
+        else:
+            out.append(_HIGHS[-1])
+            continue
+        low = _LOWS[i]
+        frac = (rank - seen) / count
+        out.append(int(low + (_HIGHS[i] - low) * (0.0 if frac < 0.0 else 1.0 if frac > 1.0 else frac)))
+    return out

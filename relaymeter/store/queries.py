@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,8 +13,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal_column, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, quantile
+from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, quantiles
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
+from relaymeter.store import rollup_cache
 from relaymeter.store.db import Database
 from relaymeter.store.increments import SLOT_MS, month_start_ms
 from relaymeter.store.schema import (
@@ -78,6 +80,7 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         ok = self.requests - self.failures
+        p50, p95 = quantiles(self.latency_buckets, (0.50, 0.95))
         return {
             "requests": self.requests,
             "failures": self.failures,
@@ -92,8 +95,8 @@ class Metrics:
             "cost_micros": self.cost_micros,
             "cost_usd": self.cost_micros / 1_000_000,
             "avg_latency_ms": (self.latency_sum_ms / self.latency_count) if self.latency_count else None,
-            "p50_latency_ms": quantile(self.latency_buckets, 0.50),
-            "p95_latency_ms": quantile(self.latency_buckets, 0.95),
+            "p50_latency_ms": p50,
+            "p95_latency_ms": p95,
             "avg_ttft_ms": (self.ttft_sum_ms / self.ttft_count) if self.ttft_count else None,
         }
 
@@ -565,13 +568,12 @@ Acc = dict[tuple[Any, ...], list[int]]
 
 def _acc(store: Acc, key: tuple[Any, ...], vals: Sequence[Any], sign: int) -> None:
     """Add (sign 1) or subtract (sign -1) one row of sums (None = 0) into store[key]."""
+    if None in vals:  # only raw-event sums can be NULL (no latency in any event, say)
+        vals = [v or 0 for v in vals]
+    if sign < 0:
+        vals = [-v for v in vals]
     cur = store.get(key)
-    if cur is None:
-        store[key] = [(v or 0) * sign for v in vals]
-    elif sign > 0:
-        store[key] = [a + (b or 0) for a, b in zip(cur, vals, strict=True)]
-    else:
-        store[key] = [a - (b or 0) for a, b in zip(cur, vals, strict=True)]
+    store[key] = list(vals) if cur is None else list(map(operator.add, cur, vals))
 
 
 _ALL_SUMS = (*_SCALAR_NAMES, *latency_bucket_columns)
@@ -688,12 +690,20 @@ async def _read_spans(
     event_keys: Sequence[ColumnElement[Any]],
     tables: tuple[Any, Any, Any, Any],
     sink: Sink,
+    dim_filter: tuple[set[str], set[str] | None] | None = None,
 ) -> None:
     """Read every (level, sign) group and hand each row to sink(bucket, keys, sums, sign): the
     rollup levels in ONE statement (a UNION ALL of one SELECT per group; each round trip to
-    the database costs more than a small read), raw events in one query per group."""
+    the database costs more than a small read), raw events in one query per group.
+
+    With ``dim_filter`` (the per-dimension rollups' wanted dims [and values]), closed units
+    come from the engine's rollup cache (store/rollup_cache.py) when it is current.
+    """
     monthly, daily, hourly, slots = tables
     keys = rollup_keys()
+    if dim_filter is not None and tables is _DIM_TABLES:
+        cache = rollup_cache.for_connection(conn, _ALL_SUMS)
+        groups = await rollup_cache.read_closed_units(conn, cache, groups, names, keys, *dim_filter, sink)
     nkeys = len(keys)
     parts: list[tuple[list[Span], list[int], int, bool, bool]] = []
     selects: list[str] = []
@@ -826,8 +836,21 @@ async def bucketed_sums(
     event_keys = [_event_dim(d) for d in dims]
     rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
     raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
+    dim_filter: tuple[set[str], set[str] | None] | None = None
+    if single:
+        wanted = [str(v) for attr, dim in _FILTER_DIMS if dim == single for v in getattr(filters, attr)]
+        dim_filter = ({single}, set(wanted) if wanted else None)
     await _read_spans(
-        conn, rollup_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, rollup_sink
+        conn,
+        rollup_groups,
+        filters,
+        names,
+        rollup_keys,
+        rollup_where,
+        event_keys,
+        tables,
+        rollup_sink,
+        dim_filter,
     )
     await _read_spans(
         conn, raw_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, event_sink
@@ -1130,7 +1153,16 @@ async def breakdowns(
     rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
     raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
     await _read_spans(
-        conn, rollup_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, rollup_sink
+        conn,
+        rollup_groups,
+        filters,
+        names,
+        rollup_keys,
+        rollup_where,
+        event_keys,
+        tables,
+        rollup_sink,
+        ({"*", *dims}, None) if dim_path else None,
     )
     await _read_spans(
         conn, raw_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, event_sink
