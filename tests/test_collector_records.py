@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from relaymeter.ingest.cliproxy.management import split_json_array
 from relaymeter.ingest.cliproxy.records import RecordNormalizer, normalize_records
 from tests.fakes.cpa import make_record
 
@@ -38,6 +39,27 @@ async def test_worker_results_equal_inline_results() -> None:
     assert bad == inline[1]
     assert [reason.split(":")[0] for reason, _raw in bad] == ["record is not valid JSON", "timestamp"]
     assert "sk-secret-value-123456" not in bad[1][1]  # dead letters are stored redacted
+
+
+async def test_a_batch_shipped_as_its_json_text_gives_the_same_results() -> None:
+    records = [make_record(i) for i in range(100)]
+    records[5] = "{not json"  # CPA sends a record it could not parse as a JSON string
+    records[9] = {"model": "x", "api_key": "sk-secret-value-123456"}  # no timestamp
+    body = orjson.dumps(records)
+    popped = split_json_array(body, keep_items=False)
+    assert len(popped) == 100 and not popped.items and popped.body == body.decode()
+    inline = normalize_records(records, source="cpa:t", received_ms=None, keep_raw=True)
+    normalizer = RecordNormalizer(workers=1)
+    try:
+        assert normalizer.ships(len(popped))
+        shipped = await normalizer(None, source="cpa:t", received_ms=None, keep_raw=True, body=popped.body)
+    finally:
+        normalizer.close()
+    inline_too = await RecordNormalizer(workers=0)(
+        None, source="cpa:t", received_ms=None, keep_raw=True, body=popped.body
+    )
+    assert shipped == inline == inline_too
+    assert len(shipped[0]) == 98 and len(shipped[1]) == 2
 
 
 async def test_a_dead_worker_falls_back_to_inline_work() -> None:

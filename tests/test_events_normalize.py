@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from relaymeter.domain.events import (
     NormalizeError,
     UsageEvent,
+    event_row,
     format_rfc3339_nano,
     from_export_record,
     normalize,
+    normalize_row,
     parse_timestamp_ns,
     to_export_record,
 )
@@ -136,6 +138,13 @@ def test_raw_payload_is_redacted_and_source_masked() -> None:
     assert "sk-ant-api03" not in ev.raw_json
     assert ev.failed and ev.status_code == 401
     assert ev.error_message is not None and "sk-ant-api03" not in ev.error_message
+
+
+def test_normalize_row_is_the_event_as_a_tuple() -> None:
+    for record in (copy.deepcopy(CPA_RECORD), {**CPA_RECORD, "failed": True, "fail": {"status_code": 500}}):
+        row = normalize_row(copy.deepcopy(record), source="cpa:main", received_ms=5)
+        assert UsageEvent(*row) == normalize(record, source="cpa:main", received_ms=5)
+        assert row == event_row(UsageEvent(*row))
 
 
 def test_openai_style_input_includes_cached_and_output_includes_reasoning() -> None:

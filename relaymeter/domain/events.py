@@ -15,11 +15,19 @@ import re
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from typing import Any
 
 import orjson
 
-from relaymeter.domain.redact import mask_key, mask_source, redact_text, redacted_json, sha256_hex
+from relaymeter.domain.redact import (
+    compact_json,
+    mask_key,
+    mask_source,
+    redact_text,
+    redacted_json,
+    sha256_hex,
+)
 
 MAX_INT = 2**62
 MIN_TS_NS = 0
@@ -125,10 +133,30 @@ def output_includes_reasoning(provider: str, model: str = "") -> bool:
 
 
 def _first(record: dict[str, Any], names: tuple[str, ...]) -> tuple[str, Any] | None:
+    get = record.get
     for name in names:
-        if name in record and record[name] is not None and record[name] != "":
-            return name, record[name]
+        value = get(name)
+        if value is not None and value != "":
+            return name, value
     return None
+
+
+def _text(record: dict[str, Any], names: tuple[str, ...], limit: int = 200, missing: str = "") -> str:
+    """_as_str() of the first of ``names`` that holds a value, else ``missing``."""
+    value = record.get(names[0])
+    if type(value) is str and value:  # the usual case, in short
+        return value.strip()[:limit]
+    found = _first(record, names)
+    return _as_str(found[1], limit) if found else missing
+
+
+def _number(record: dict[str, Any], names: tuple[str, ...]) -> int | None:
+    """_as_int() of the first of ``names`` that holds a value, else None."""
+    value = record.get(names[0])
+    if type(value) is int and 0 <= value < MAX_INT:  # the usual case, in short
+        return value
+    found = _first(record, names)
+    return _as_int(found[1], found[0]) if found else None
 
 
 def _as_int(value: Any, field: str) -> int:
@@ -192,6 +220,10 @@ _TS_RE = re.compile(
 
 def parse_timestamp_ns(value: Any, field: str = "timestamp") -> int:
     """Epoch nanoseconds UTC from an epoch number (seconds below 1e10, else ms) or a date string."""
+    if type(value) is str and (fast := _fast_rfc3339_ns(value)) is not None:
+        if not MIN_TS_NS <= fast <= MAX_TS_NS:
+            raise NormalizeError(f"{field}: out of range")
+        return fast  # RFC 3339 as CPA writes it: never numeric, so no other branch could apply
     if isinstance(value, bool):
         raise NormalizeError(f"{field}: expected a time, got a boolean")
     if isinstance(value, int | float) or (isinstance(value, str) and _looks_numeric(value)):
@@ -323,6 +355,7 @@ _AUTH_INDEX_KEYS = ("auth_index", "authIndex", "AuthIndex")
 _REQUEST_ID_KEYS = ("request_id", "requestId", "id")
 _PROVIDER_KEYS = ("provider", "type", "auth_type", "authType")
 _MODEL_KEYS = ("model", "model_name", "modelName")
+_TTFT_KEYS = ("ttft_ms", "ttftMs", "first_token_ms")
 _STATUS_KEYS = ("status", "status_code", "statusCode", "http_status", "httpStatus")
 _TOKEN_ALIASES: dict[str, tuple[str, ...]] = {
     "input": ("input_tokens", "inputTokens", "prompt_tokens", "promptTokens"),
@@ -343,8 +376,49 @@ _ALIAS_RANK = {
 }
 
 
+_TOKEN_BUCKETS = tuple(_TOKEN_ALIASES.items())
+
+
 def _read_tokens(record: dict[str, Any]) -> dict[str, int]:
-    """Token counts by bucket: the nested ``tokens`` / ``usage`` object first, then top level."""
+    """Token counts by bucket: the nested ``tokens`` / ``usage`` object first, then top level
+    (within a level, the first alias in _TOKEN_ALIASES order that holds a value)."""
+    nested: dict[str, Any] = {}
+    for key in ("tokens", "usage"):
+        value = record.get(key)
+        if isinstance(value, dict):
+            nested = value
+            break
+    nget = nested.get
+    get = record.get
+    out: dict[str, int] = {}
+    for bucket, names in _TOKEN_BUCKETS:
+        for name in names:
+            value = nget(name)
+            if value is not None and value != "":
+                break
+        else:
+            for name in names:
+                value = get(name)
+                if value is not None and value != "":
+                    break
+            else:
+                out[bucket] = 0
+                continue
+        if type(value) is int and 0 <= value < MAX_INT:
+            out[bucket] = value
+            continue
+        try:
+            out[bucket] = _as_int(value, f"tokens.{name}")
+        except NormalizeError:
+            # Raise the error the field-by-field reading order gives (with several bad counts,
+            # the one met first in the record).
+            _read_tokens_in_record_order(record)
+            raise
+    return out
+
+
+def _read_tokens_in_record_order(record: dict[str, Any]) -> dict[str, int]:
+    """_read_tokens converting the counts in the order they appear in the record."""
     nested: dict[str, Any] = {}
     for key in ("tokens", "usage"):
         if isinstance(record.get(key), dict):
@@ -455,7 +529,7 @@ def _error_message(record: dict[str, Any], failed: bool) -> str | None:
     if text in (None, ""):
         return None
     if not isinstance(text, str):
-        text = orjson.dumps(text, default=str).decode()
+        text = compact_json(text)  # big integers as strings, never a TypeError
     return redact_text(text)[:2000]
 
 
@@ -471,15 +545,74 @@ def normalize(
     ``received_ms`` is used as the time of live queue records that carry none (the event is
     flagged); without it a record with no timestamp is an error.
     """
+    if isinstance(record, dict) and record.get(EXPORT_MARKER):
+        return from_export_record(record)
+    return UsageEvent(*normalize_row(record, source=source, received_ms=received_ms, keep_raw=keep_raw))
+
+
+event_row = attrgetter(*EVENT_FIELDS)
+"""A UsageEvent's values as a tuple in EVENT_FIELDS order (UsageEvent(*row) rebuilds it)."""
+
+# Facts about values that repeat across records (an account's source, a client key), so
+# each is hashed and masked once; bounded, cleared when full.
+_FACTS_MAX = 4096
+_source_facts: dict[str, tuple[str, str]] = {}  # upstream source -> (sha256, display mask)
+_key_facts: dict[str, tuple[str, str]] = {}  # client API key -> (sha256, display prefix)
+_semantics: dict[tuple[str, str], tuple[bool, bool]] = {}  # (provider, model) -> flags
+_shared: dict[str, str] = {}  # a value -> the one object used for it
+
+
+def _source_hash_and_mask(value: str) -> tuple[str, str]:
+    facts = _source_facts.get(value)
+    if facts is None:
+        facts = (sha256_hex(value), mask_source(value))
+        if len(_source_facts) >= _FACTS_MAX:
+            _source_facts.clear()
+        _source_facts[value] = facts
+    return facts
+
+
+def _key_hash_and_prefix(value: str) -> tuple[str, str]:
+    facts = _key_facts.get(value)
+    if facts is None:
+        facts = (sha256_hex(value), mask_key(value) if value else "")
+        if len(_key_facts) >= _FACTS_MAX:
+            _key_facts.clear()
+        _key_facts[value] = facts
+    return facts
+
+
+def _token_semantics(provider: str, model: str) -> tuple[bool, bool]:
+    """(input includes cache, output includes reasoning) for a provider and model."""
+    key = (provider, model)
+    flags = _semantics.get(key)
+    if flags is None:
+        flags = (input_includes_cache(provider, model), output_includes_reasoning(provider, model))
+        if len(_semantics) >= _FACTS_MAX:
+            _semantics.clear()
+        _semantics[key] = flags
+    return flags
+
+
+def normalize_row(
+    record: Any,
+    *,
+    source: str,
+    received_ms: int | None = None,
+    keep_raw: bool = True,
+) -> tuple[Any, ...]:
+    """normalize() as the event's values in EVENT_FIELDS order (what a worker process ships)."""
     if not isinstance(record, dict):
         raise NormalizeError(f"record is not a JSON object (got {type(record).__name__})")
-    if record.get(EXPORT_MARKER):
-        return from_export_record(record)
+    get = record.get
+    if get(EXPORT_MARKER):
+        return event_row(from_export_record(record))
 
     status = _status(record)
-    found_ts = _first(record, _TS_KEYS)
+    value = get("timestamp")  # CPA's name: the first alias
+    found_ts = ("timestamp", value) if value is not None and value != "" else _first(record, _TS_KEYS)
     time_from_receipt = False
-    if found_ts is None and record.get("timestamp_ms") not in (None, ""):
+    if found_ts is None and get("timestamp_ms") not in (None, ""):
         found_ts = ("timestamp_ms", record["timestamp_ms"])
     if found_ts is not None:
         ts_ns = parse_timestamp_ns(found_ts[1], found_ts[0])
@@ -489,12 +622,9 @@ def normalize(
     else:
         raise NormalizeError("timestamp: missing (no timestamp, time or created_at field)")
 
-    method_f = _first(record, _METHOD_KEYS)
-    path_f = _first(record, _PATH_KEYS)
-    method = _as_str(method_f[1], 16).upper() if method_f else ""
-    path = _as_str(path_f[1]) if path_f else ""
-    endpoint_f = _first(record, _ENDPOINT_KEYS)
-    endpoint = _as_str(endpoint_f[1]) if endpoint_f else ""
+    method = _text(record, _METHOD_KEYS, 16).upper()
+    path = _text(record, _PATH_KEYS)
+    endpoint = _text(record, _ENDPOINT_KEYS)
     if not endpoint and (method or path):
         endpoint = f"{method} {path}".strip()
     if endpoint:
@@ -506,101 +636,149 @@ def normalize(
         endpoint = "-"
 
     raw_tokens = _read_tokens(record)
-    latency_f = _first(record, _LATENCY_KEYS)
-    latency_ms = _as_int(latency_f[1], latency_f[0]) if latency_f else None
-    ttft_f = _first(record, ("ttft_ms", "ttftMs", "first_token_ms"))
-    ttft_ms = _as_int(ttft_f[1], ttft_f[0]) if ttft_f else None
+    latency_ms = _number(record, _LATENCY_KEYS)
+    ttft_ms = _number(record, _TTFT_KEYS)
 
-    source_f = _first(record, _SOURCE_KEYS)
-    upstream_source = _as_str(source_f[1], 500) if source_f else ""
-    key_f = _first(record, _API_KEY_KEYS)
-    api_key = _as_str(key_f[1], 500) if key_f else ""
-    auth_f = _first(record, _AUTH_INDEX_KEYS)
-    auth_index = _as_str(auth_f[1], 64) if auth_f else ""
-    rid_f = _first(record, _REQUEST_ID_KEYS)
-    request_id = _as_str(rid_f[1], 128) if rid_f else ""
-    provider_f = _first(record, _PROVIDER_KEYS)
-    provider = _as_str(provider_f[1], 40).lower() if provider_f else ""
-    model_f = _first(record, _MODEL_KEYS)
-    model = _as_str(model_f[1]) if model_f else "-"
-    alias = _as_str(record.get("alias"))
-    failed = _failed(record, status)
+    upstream_source = _text(record, _SOURCE_KEYS, 500)
+    api_key = _text(record, _API_KEY_KEYS, 500)
+    auth_index = _text(record, _AUTH_INDEX_KEYS, 64)
+    request_id = _text(record, _REQUEST_ID_KEYS, 128)
+    provider = _text(record, _PROVIDER_KEYS, 40).lower()
+    model = _text(record, _MODEL_KEYS, 200, "-")
+    alias = _as_str(get("alias"))
+    value = get("failed")
+    failed = value if type(value) is bool else _failed(record, status)
 
-    source_hash = _as_str(record.get("source_hash"), 64) or sha256_hex(upstream_source)
-    api_key_hash = _as_str(record.get("api_key_hash"), 64) or sha256_hex(api_key)
+    upstream_hash, upstream_mask = _source_hash_and_mask(upstream_source)
+    api_key_hash, api_key_prefix = _key_hash_and_prefix(api_key)
+    source_hash = _as_str(get("source_hash"), 64) or upstream_hash
+    api_key_hash = _as_str(get("api_key_hash"), 64) or api_key_hash
+    input_raw = raw_tokens["input"]
+    output_raw = raw_tokens["output"]
+    reasoning_raw = raw_tokens["reasoning"]
     cached_for_hash = max(raw_tokens["cached"], raw_tokens["cache"])
-    given_hash = record.get("event_hash")
+    given_hash = get("event_hash")
     if isinstance(given_hash, str) and re.fullmatch(r"[0-9a-fA-F]{64}", given_hash.strip()):
         event_hash = given_hash.strip().lower()
     else:
-        event_hash = compute_event_hash(
-            request_id=request_id,
-            ts_ns=ts_ns,
-            endpoint=endpoint,
-            model=model,
-            auth_index=auth_index,
-            source_hash=source_hash,
-            input_tokens=raw_tokens["input"],
-            output_tokens=raw_tokens["output"],
-            reasoning_tokens=raw_tokens["reasoning"],
-            cached_tokens=cached_for_hash,
-            failed=failed,
-            latency_ms=latency_ms,
-        )
+        parts = [
+            request_id,
+            format_rfc3339_nano(ts_ns),
+            endpoint,
+            model,
+            auth_index,
+            source_hash,
+            str(input_raw),
+            str(output_raw),
+            str(reasoning_raw),
+            str(cached_for_hash),
+            "true" if failed else "false",
+        ]
+        if latency_ms is not None:
+            parts.append(str(latency_ms))
+        event_hash = sha256_hex("|".join(parts))  # compute_event_hash, inlined
 
-    breakdown = _read_breakdown(record.get("token_breakdown"))
-    buckets = breakdown or canonical_tokens(provider, model, raw_tokens)
+    breakdown = _read_breakdown(get("token_breakdown"))
+    cache_creation_1h_raw = raw_tokens["cache_creation_1h"]
     if breakdown is not None:
-        buckets["cache_creation_1h"] = min(raw_tokens["cache_creation_1h"], buckets["cache_creation"])
+        inp = breakdown["input"]
+        out = breakdown["output"]
+        reasoning = breakdown["reasoning"]
+        cache_read = breakdown["cache_read"]
+        cache_creation = breakdown["cache_creation"]
+    else:  # canonical_tokens, inlined
+        cache_read = raw_tokens["cache_read"] or cached_for_hash
+        cache_creation = raw_tokens["cache_creation"] or (
+            raw_tokens["cache_creation_5m"] + cache_creation_1h_raw
+        )
+        inp, out, reasoning = input_raw, output_raw, reasoning_raw
+        includes_cache, includes_reasoning = _token_semantics(provider, model)
+        if includes_cache:
+            inp = max(0, inp - cache_read)
+        if not includes_reasoning:
+            out += reasoning
+        reasoning = min(reasoning, out)
+    cache_creation_1h = min(cache_creation_1h_raw, cache_creation)
 
-    label_source = _as_str(record.get("account_label") or record.get("label"), 200)
-    event = UsageEvent(
-        event_hash=event_hash,
-        ts_ms=ts_ns // 1_000_000,
-        source=source,
-        request_id=request_id,
-        account_label=label_source or mask_source(upstream_source),
-        auth_index=auth_index,
-        source_hash=source_hash,
-        api_key_hash=api_key_hash,
-        api_key_prefix=mask_key(api_key) if api_key else "",
-        provider=provider,
-        endpoint=endpoint,
-        method=method,
-        path=path,
-        model=alias or model,
-        actual_model=model if model != "-" else "",
-        stream=_as_bool(record["stream"], "stream") if record.get("stream") is not None else None,
-        status_code=status,
-        failed=failed,
-        error_kind=("upstream_error" if failed else None),
-        error_message=_error_message(record, failed),
-        input_tokens=buckets["input"],
-        output_tokens=buckets["output"],
-        reasoning_tokens=buckets["reasoning"],
-        cache_read_tokens=buckets["cache_read"],
-        cache_creation_tokens=buckets["cache_creation"],
-        cache_creation_1h_tokens=buckets["cache_creation_1h"],
-        latency_ms=latency_ms,
-        ttft_ms=ttft_ms,
-        service_tier=_as_str(record.get("response_service_tier") or record.get("service_tier"), 40) or None,
-        client_ip=_as_str(record.get("client_ip"), 64) or None,
-        user_agent=_as_str(record.get("user_agent"), 500) or None,
-        time_from_receipt=time_from_receipt,
+    label_source = _as_str(get("account_label") or get("label"), 200)
+    stream = get("stream")
+    if stream is not None:
+        stream = _as_bool(stream, "stream")
+    service_tier = _as_str(get("response_service_tier") or get("service_tier"), 40) or None
+    client_ip = _as_str(get("client_ip"), 64) or None
+    user_agent = _as_str(get("user_agent"), 500) or None
+    error_message = _error_message(record, failed) if failed else None
+    raw_json = _raw_json(record) if keep_raw else None
+    # Values that repeat across records become one shared object each: an event then holds
+    # no copies of them, and a batch of events pickles them once.
+    if len(_shared) >= _FACTS_MAX:
+        _shared.clear()
+    share = _shared.setdefault
+    return (
+        event_hash,
+        ts_ns // 1_000_000,
+        source,
+        request_id,
+        0,  # account_id
+        label_source or upstream_mask,
+        share(auth_index, auth_index),
+        source_hash,
+        0,  # api_key_id
+        api_key_hash,
+        api_key_prefix,
+        share(provider, provider),
+        share(endpoint, endpoint),
+        share(method, method),
+        share(path, path),
+        share(alias or model, alias or model),
+        share(model, model) if model != "-" else "",  # actual_model
+        stream,
+        status,
+        failed,
+        "upstream_error" if failed else None,  # error_kind
+        error_message,
+        inp,
+        out,
+        reasoning,
+        cache_read,
+        cache_creation,
+        cache_creation_1h,
+        inp + cache_read + cache_creation + out,  # total_tokens
+        latency_ms,
+        ttft_ms,
+        0,  # cost_micros
+        False,  # price_missing
+        service_tier,
+        client_ip and share(client_ip, client_ip),
+        user_agent and share(user_agent, user_agent),
+        raw_json,
+        time_from_receipt,
     )
-    event.recompute_total()
-    if keep_raw:
-        raw_obj = record
-        if isinstance(record.get("raw_json"), str):
-            try:
-                raw_obj = orjson.loads(record["raw_json"])
-            except orjson.JSONDecodeError:
-                raw_obj = record
-        if isinstance(raw_obj, dict) and isinstance(raw_obj.get("source"), str):
-            # CPA's source is the raw upstream API key for API-key accounts: never store it.
-            raw_obj = {**raw_obj, "source": mask_source(raw_obj["source"])}
-        event.raw_json = redacted_json(raw_obj)
-    return event
+
+
+_ROW_FIELDS = (
+    "event_hash ts_ms source request_id account_id account_label auth_index source_hash api_key_id "
+    "api_key_hash api_key_prefix provider endpoint method path model actual_model stream status_code "
+    "failed error_kind error_message input_tokens output_tokens reasoning_tokens cache_read_tokens "
+    "cache_creation_tokens cache_creation_1h_tokens total_tokens latency_ms ttft_ms cost_micros "
+    "price_missing service_tier client_ip user_agent raw_json time_from_receipt"
+).split()
+if tuple(_ROW_FIELDS) != EVENT_FIELDS:  # normalize_row builds its tuple in this order
+    raise RuntimeError("UsageEvent fields changed: update normalize_row")
+
+
+def _raw_json(record: dict[str, Any]) -> str:
+    """The record as stored: redacted compact JSON (its raw_json text when it carries one),
+    with CPA's source (the raw upstream API key for API-key accounts) masked."""
+    raw_obj: Any = record
+    if isinstance(record.get("raw_json"), str):
+        try:
+            raw_obj = orjson.loads(record["raw_json"])
+        except orjson.JSONDecodeError:
+            raw_obj = record
+    if isinstance(raw_obj, dict) and isinstance(raw_obj.get("source"), str):
+        return redacted_json(raw_obj, {"source": _source_hash_and_mask(raw_obj["source"])[1]})
+    return redacted_json(raw_obj)
 
 
 # --- relaymeter's own export format ------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import re
 from typing import Any
 
@@ -46,6 +47,20 @@ def is_secret_key(key: str) -> bool:
     return norm in _SECRET_KEYS or "secret" in norm or "password" in norm
 
 
+# is_secret_key() answers for the keys seen so far, as plain set lookups (the redaction of
+# every stored payload asks for each of its keys); bounded, after that it asks is_secret_key.
+_KNOWN_SAFE_KEYS: set[str] = set()
+_KNOWN_SECRET_KEYS: set[str] = set()
+_KNOWN_KEYS_MAX = 8192
+
+
+def _secret_key(key: str) -> bool:
+    secret = is_secret_key(key)
+    if len(_KNOWN_SAFE_KEYS) + len(_KNOWN_SECRET_KEYS) < _KNOWN_KEYS_MAX:
+        (_KNOWN_SECRET_KEYS if secret else _KNOWN_SAFE_KEYS).add(key)
+    return secret
+
+
 def _may_hold_secret(text: str) -> bool:
     """Cheap pre-check so most strings skip the regex."""
     return len(text) >= 10 and ("sk-" in text or "earer" in text or "AIza" in text or "_" in text)
@@ -65,27 +80,18 @@ def redact_text(text: str) -> str:
 
 
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with secret-named keys replaced and secrets in strings masked."""
+    """A JSON value with secret-named keys replaced and secrets in strings masked.
+
+    Parts that need no change are the input's own objects (a dict or list is copied only when
+    something in it changes), so treat the result as read-only, e.g. serialize it.
+    """
     kind = type(value)
     if kind is str:
         return redact_text(value)
     if kind is dict:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            skey = key if type(key) is str else str(key)
-            if is_secret_key(skey) and item not in (None, "", [], {}):
-                out[skey] = REDACTED
-                continue
-            t = type(item)
-            if t is str:  # inline the cheap pre-check: most strings hold no secret
-                out[skey] = redact_text(item) if _may_hold_secret(item) else item
-            elif t is int or t is float or t is bool or item is None:
-                out[skey] = item
-            else:
-                out[skey] = redact(item)
-        return out
+        return _redact_dict(value)
     if kind is list:
-        return [redact(item) for item in value]
+        return _redact_list(value)
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict | list):
@@ -93,13 +99,140 @@ def redact(value: Any) -> Any:
     return value
 
 
-def redacted_json(value: Any) -> str:
-    """Compact JSON of a value with secrets redacted (integers beyond 64 bits become strings)."""
-    clean = redact(value)
+def _redact_dict(value: dict[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] | None = None  # the copy, made at the first item that changes
+    seen = 0
+    for key, item in value.items():
+        if type(key) is str and key in _KNOWN_SAFE_KEYS:
+            skey = key
+        else:
+            skey = key if type(key) is str else str(key)
+            if (skey in _KNOWN_SECRET_KEYS or _secret_key(skey)) and item not in (None, "", [], {}):
+                if out is None:
+                    out = _head(value, seen)
+                out[skey] = REDACTED
+                continue
+        t = type(item)
+        if t is str:  # inline the cheap pre-check: most strings hold no secret
+            new = redact_text(item) if _may_hold_secret(item) else item
+        elif t is int or t is float or t is bool or item is None:
+            new = item
+        else:
+            new = redact(item)
+        if out is not None:
+            out[skey] = new
+        elif new is not item or skey is not key:
+            out = _head(value, seen)
+            out[skey] = new
+        else:
+            seen += 1
+    return value if out is None else out
+
+
+def _head(value: dict[Any, Any], count: int) -> dict[str, Any]:
+    """A new dict with the first ``count`` items of ``value`` (all unchanged, str keys)."""
+    return dict(itertools.islice(value.items(), count)) if count else {}
+
+
+def _redact_list(value: list[Any]) -> list[Any]:
+    out: list[Any] | None = None
+    for index, item in enumerate(value):
+        t = type(item)
+        if t is str:
+            new = redact_text(item) if _may_hold_secret(item) else item
+        elif t is int or t is float or t is bool or item is None:
+            new = item
+        else:
+            new = redact(item)
+        if out is not None:
+            out.append(new)
+        elif new is not item:
+            out = value[:index]
+            out.append(new)
+    return value if out is None else out
+
+
+def redacted_json(value: Any, overrides: dict[str, Any] | None = None) -> str:
+    """Compact JSON of a value with secrets redacted (integers beyond 64 bits become strings).
+
+    ``overrides`` replace (or add) top-level keys of a dict first, e.g. a masked field; what
+    they hold is redacted like the rest.
+    """
+    if overrides and isinstance(value, dict):
+        value = {**value, **overrides}
+    if type(value) is dict:
+        text = _plain_dict_json(value)
+        if text is not None:
+            return text
+    return compact_json(redact(value))
+
+
+# Each secret key name, lower-cased and quoted as a JSON key, ends with one of these (and
+# "-" or "_" never occur in them, so a key's either spelling is found).
+_KEY_ENDS = ('key":', 'token":', 'cookie":', 'authorization":')
+if not all(f'"{key}":'.endswith(_KEY_ENDS) for key in _SECRET_KEYS):
+    raise RuntimeError("a secret key name ends in none of _KEY_ENDS: extend them")
+_KEY_WORDS = (*_KEY_ENDS, "secret", "password")
+_NOTHING: tuple[Any, ...] = (None, "", [], {})
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(keys: tuple[Any, ...]) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """For a dict's top-level keys: its secret keys, and how often each of _KEY_WORDS occurs
+    in the lower-cased JSON text of those keys. None when a key is not a str."""
+    if not all(type(key) is str for key in keys):
+        return None
+    secret = tuple(key for key in keys if is_secret_key(key))
+    names = "".join(f'"{key}":' for key in keys).lower()
+    return secret, tuple(names.count(word) for word in _KEY_WORDS)
+
+
+def _plain_dict_json(value: dict[Any, Any]) -> str | None:
+    """redacted_json() of a dict whose only secrets are its top-level secret keys, or None.
+
+    The dict with those keys redacted is serialized and the text checked: when it is plain
+    ASCII without escapes, holds no secret-looking text and no key names but the top-level
+    ones, redact() would change nothing else in it, at any depth. Otherwise None: use redact().
+    """
+    layout = _layout(tuple(value))
+    if layout is None:
+        return None
+    secret, key_words = layout
+    out = value
+    if secret:
+        out = dict(value)
+        for key in secret:
+            if out[key] not in _NOTHING:
+                out[key] = REDACTED
     try:
-        return orjson.dumps(clean, default=str).decode()
+        text = orjson.dumps(out, default=str).decode()
     except TypeError:
-        return orjson.dumps(_big_ints_as_str(clean), default=str).decode()
+        return None
+    if not text.isascii() or "\\" in text:
+        return None  # an escape or a non-ASCII letter could hide a match from the checks below
+    low = text.lower()
+    if (
+        "bearer" in low
+        or "sk-" in low
+        or "aiza" in low
+        or (
+            "gh" in low
+            and ("ghp_" in low or "gho_" in low or "ghu_" in low or "ghs_" in low or "ghr_" in low)
+        )
+    ):
+        return None  # what _SECRET_TEXT could match (case-insensitively) somewhere
+    for word, expected in zip(_KEY_WORDS, key_words, strict=True):
+        if (low.count(word) != expected) if expected else (word in low):
+            return None  # maybe a secret key below the top level
+    return text
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON of a value (integers beyond 64 bits become strings)."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return orjson.dumps(_big_ints_as_str(value), default=str).decode()
 
 
 def _big_ints_as_str(value: Any) -> Any:

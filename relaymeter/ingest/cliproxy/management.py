@@ -8,6 +8,7 @@ after five failed attempts.
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,14 +113,17 @@ class PopResult:
     received when it arrived whole: it is what gets spooled, before anything is parsed.
     ``truncated`` is True when the answer was cut off (connection dropped, or not a JSON
     array): CPA already removed the whole batch, only the complete records are here.
+    ``size`` is set when a whole body's records were counted but not kept (``items`` is then
+    empty and ``body`` is the only copy of them).
     """
 
     items: list[Any] = field(default_factory=list)
     body: str | None = None
     truncated: bool = False
+    size: int | None = None
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) if self.size is None else self.size
 
     def spool_text(self) -> str:
         """The batch as one JSON array text (items keep their raw-or-parsed form)."""
@@ -190,19 +194,29 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def split_json_array(body: bytes) -> PopResult:
+def split_json_array(body: bytes, *, keep_items: bool = True) -> PopResult:
     """A usage-queue answer as a PopResult.
 
     A body cut off mid-array yields its complete leading items (truncated=True); a body that
     is not a JSON array at all becomes one raw item, so its content is dead-lettered, not lost.
+    Without ``keep_items``, a whole array is parsed only to be checked and counted (``size``).
     """
+    if not keep_items:
+        # Thousands of containers that die at once: collecting during the parse would only
+        # traverse them (and promote them to older generations) for nothing.
+        gc.disable()
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return salvage_array(body.decode("utf-8", "replace"))
+    finally:
+        if not keep_items:
+            gc.enable()
     text = body.decode("utf-8", "replace")
     if not isinstance(data, list):
         return PopResult(items=[text], truncated=True)
+    if not keep_items:
+        return PopResult(body=text, size=len(data))
     return PopResult(items=data, body=text)
 
 
@@ -385,8 +399,10 @@ class ManagementClient:
                 raise
             await self.call("PATCH", "/usage-statistics-enabled", json_body={"value": enabled})
 
-    async def pop_usage(self, count: int) -> PopResult:
-        """GET /usage-queue?count=N: up to N records, oldest first (destructive on CPA's side)."""
+    async def pop_usage(self, count: int, *, keep_items: bool = True) -> PopResult:
+        """GET /usage-queue?count=N: up to N records, oldest first (destructive on CPA's side).
+
+        Without ``keep_items`` a whole answer comes back as its text and record count only."""
         if count < 1:
             raise ValueError("count must be a positive integer")
         chunks: list[bytes] = []
@@ -408,7 +424,7 @@ class ManagementClient:
         body = b"".join(chunks)
         if not body.strip():
             return PopResult()
-        return split_json_array(body)
+        return split_json_array(body, keep_items=keep_items)
 
     async def probe_usage_queue(self) -> bool:
         """Whether this CPA has the HTTP usage queue, without popping anything.

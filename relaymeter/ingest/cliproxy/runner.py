@@ -217,6 +217,7 @@ class ConnectionRunner:
     async def run(self, *, once: bool = False) -> ConnectionStatus:
         st = self.status
         st.started_ms = now_ms()
+        self.normalizer.start()  # its workers start up meanwhile
         try:
             if await self._acquire_lease(once=once):
                 await self._consume(once=once)
@@ -471,7 +472,8 @@ class ConnectionRunner:
         if self._transport == "resp":
             return await self._resp_queue().pop(size)
         try:
-            return await self._management().pop_usage(size)
+            # Records a worker process will normalize travel there as the text they came in.
+            return await self._management().pop_usage(size, keep_items=not self.normalizer.ships(size))
         except CPANotFoundError:
             if self.cfg.mode != "auto":
                 raise ConfigRefused(
@@ -500,8 +502,16 @@ class ConnectionRunner:
         metrics.RECORDS_CONSUMED.labels(self.cfg.name).inc(count)
         metrics.SPOOL_PENDING.labels(self.cfg.name).set(st.spool_pending)
         self._hold_if_asked("spooled")
-        self._inflight.append(asyncio.create_task(self._process(spool_id, result.items, received)))
-        if result.truncated:
+        # A whole HTTP answer for a worker process travels on as its text (parsed there).
+        body, truncated = result.body, result.truncated
+        shipped = result.size is not None or (body is not None and self.normalizer.ships(count))
+        items = None if shipped else result.items
+        del result
+        self._inflight.append(
+            asyncio.create_task(self._process(spool_id, items, received, body=body, count=count))
+        )
+        del items
+        if truncated:
             raise CPAUnavailableError(
                 f"connection to CPA dropped mid-batch: kept the {count} complete records that "
                 "arrived; CPA had already removed the rest of that batch from its queue"
@@ -551,10 +561,23 @@ class ConnectionRunner:
         if replayed:
             log.info("collector %s: replayed %d spooled records from an earlier run", self.cfg.name, replayed)
 
-    async def _process(self, spool_id: int, items: Sequence[Any], received_ms: int) -> None:
-        """Normalize a spooled batch, store its events, then unspool it with its dead letters."""
+    async def _process(
+        self,
+        spool_id: int,
+        items: Sequence[Any] | None,
+        received_ms: int,
+        *,
+        body: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Normalize a spooled batch, store its events, then unspool it with its dead letters.
+
+        ``body`` is the batch's JSON array text when it arrived whole (``items`` may then be
+        None, and ``count`` says how many records it holds)."""
+        if count is None:
+            count = len(items) if items is not None else 0
         events, bad = await self.normalizer(
-            items, source=self.source, received_ms=received_ms, keep_raw=self.keep_raw
+            items, source=self.source, received_ms=received_ms, keep_raw=self.keep_raw, body=body
         )
         for event in events:
             info = self._accounts.get(event.auth_index) if event.auth_index else None
@@ -579,7 +602,7 @@ class ConnectionRunner:
         st.inserted_total += new
         st.duplicates_total += len(flags) - new
         st.dead_letters_total += len(bad)
-        st.spool_pending = max(st.spool_pending - len(items), 0)
+        st.spool_pending = max(st.spool_pending - count, 0)
         metrics.EVENTS_INSERTED.labels(self.cfg.name).inc(new)
         metrics.EVENTS_DUPLICATE.labels(self.cfg.name).inc(len(flags) - new)
         metrics.DEAD_LETTERS.labels(self.cfg.name).inc(len(bad))
