@@ -65,6 +65,25 @@ async def test_limits_are_shared_and_a_dead_workers_slots_come_back(tmp_path: Pa
     assert (view.in_flight, view.requests, view.tokens, view.cost) == (1, 2, 10, 5)
 
 
+async def test_finish_gives_back_the_account_slot_and_the_key_lease_in_one_step(tmp_path: Path) -> None:
+    _table, a, b = _pair(tmp_path)
+    limits = KeyLimits(3, max_concurrency=1, budgets={"day": 10_000})
+    caps = AccountCaps(9, 1, None, None, None)
+    assert await a.admit_key(limits, "k1", 500, NOW) is None
+    assert await a.acquire_account(caps, "a1", NOW) is None
+    assert b.key_view(3, NOW)["reserved_micros"] == 500
+    await a.finish(limits, "k1", caps, "a1", tokens=40, cost=700, now_ms=NOW)
+    view = b.key_view(3, NOW)
+    assert (view["in_flight"], view["reserved_micros"], view["spend_micros"]["day"]) == (0, 0, 700)
+    acc = b.account_view(9, NOW)
+    assert (acc.in_flight, acc.requests, acc.tokens, acc.cost) == (0, 1, 40, 700)
+    # Without an account (nothing was relayed): only the key lease.
+    assert await b.admit_key(limits, "k2", 0, NOW) is None
+    await b.finish(limits, "k2", None, "", tokens=0, cost=0, now_ms=NOW)
+    assert a.key_view(3, NOW)["in_flight"] == 0
+    assert a.account_view(9, NOW).requests == 1
+
+
 class Recording:
     """Wraps the fake upstream to see which upstream connections (relay workers) called it."""
 

@@ -213,18 +213,39 @@ class Counters:
     async def release_account(
         self, caps: AccountCaps, lease: str, *, served: bool, tokens: int, cost: int, now_ms: int
     ) -> None:
-        state = self.account_state(caps.account_id, now_ms)
-        state.in_flight = max(0, state.in_flight - 1)
-        if not served:
-            state.requests = max(0, state.requests - 1)
-        state.tokens += tokens
-        state.cost += cost
+        _release_local(self.account_state(caps.account_id, now_ms), served, tokens, cost)
+
+    async def finish(
+        self,
+        limits: KeyLimits,
+        lease: str,
+        caps: AccountCaps | None,
+        acc_lease: str,
+        *,
+        tokens: int,
+        cost: int,
+        now_ms: int,
+    ) -> None:
+        """A request ended after it was served: give back its account slot (``caps``, when it
+        held one) and its key lease, counting its tokens and cost (``release_account`` with
+        ``served=True``, then ``finish_key``; one step for backends that can do both at once)."""
+        if caps is not None:
+            await self.release_account(caps, acc_lease, served=True, tokens=tokens, cost=cost, now_ms=now_ms)
+        await self.finish_key(limits, lease, cost, tokens, now_ms)
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+
+def _release_local(state: AccountState, served: bool, tokens: int, cost: int) -> None:
+    state.in_flight = max(0, state.in_flight - 1)
+    if not served:
+        state.requests = max(0, state.requests - 1)
+    state.tokens += tokens
+    state.cost += cost
 
 
 MemoryCounters = Counters

@@ -113,7 +113,10 @@ class Ctx:
 
 
 def _gateway(app: Any) -> GatewayService | None:
-    service = app.state.rm.services.get("gateway")
+    # The state's dict directly: ``app.state.rm`` goes through State.__getattr__ after a failed
+    # normal lookup (an AttributeError raised and caught on every request).
+    rm = app.state._state.get("rm")
+    service = rm.services.get("gateway") if rm is not None else None
     return service if isinstance(service, GatewayService) else None
 
 
@@ -708,10 +711,15 @@ async def _finalize(
             acc.requests += 1
             if failed:
                 acc.failures += 1
-            await gw.counters.release_account(
-                acc.caps, ctx.acc_lease, served=True, tokens=tokens, cost=cost, now_ms=now
-            )
-        await gw.counters.finish_key(ctx.key.limits, ctx.lease, cost, tokens, now)
+        await gw.counters.finish(
+            ctx.key.limits,
+            ctx.lease,
+            acc.caps if acc is not None else None,
+            ctx.acc_lease,
+            tokens=tokens,
+            cost=cost,
+            now_ms=now,
+        )
     except Exception as exc:  # Redis down: the leases expire on their own
         log.error("releasing counters failed: %s", exc)
     finally:

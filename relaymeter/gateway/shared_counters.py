@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relaymeter.domain.limits import PERIODS, AccountCaps, Denial, KeyLimits
-from relaymeter.gateway.counters import AccountState, Counters, KeyState
+from relaymeter.gateway.counters import AccountState, Counters, KeyState, _release_local
 
 MAGIC = 0x524D_4757_0001  # "RMGW" v1
 _HEADER = 8
@@ -32,6 +32,9 @@ KEY_FIELDS = _K_SPEND + 2 * len(PERIODS)
 ACC_FIELDS = 6
 _KEY = struct.Struct(f"={KEY_FIELDS}q")
 _ACC = struct.Struct(f"={ACC_FIELDS}q")
+_KEY_HEAD = struct.Struct(f"={_K_SPEND - _K_INFLIGHT}q")  # in_flight .. tpm, without the spend
+_SPEND_FIELDS = tuple((period, _K_SPEND + 2 * i) for i, period in enumerate(PERIODS))
+_NO_SPEND = [0] * (2 * len(PERIODS))
 
 
 class SharedTable:
@@ -137,57 +140,88 @@ class SharedCounters(Counters):
         self.table = table
         self.worker = worker
 
-    # -- records <-> local state ---------------------------------------------------------
+    # -- records <-> local state (under the lock) ----------------------------------------------
 
-    def key_state(self, key_id: int) -> KeyState:
-        state = super().key_state(key_id)
-        at = self.table.key_offset(key_id)
+    def _load_key(self, key_id: int, at: int) -> KeyState:
+        state = self.keys.get(key_id)
+        if state is None:
+            state = self.keys[key_id] = KeyState()
         r = _KEY.unpack_from(self.table.mm, 8 * at)
         state.in_flight, state.reserved = r[_K_INFLIGHT], r[_K_RESERVED]
-        state.rpm.minute, state.rpm.curr, state.rpm.prev = r[_K_RPM : _K_RPM + 3]
-        state.tpm.minute, state.tpm.curr, state.tpm.prev = r[_K_TPM : _K_TPM + 3]
-        state.spend = {
-            period: [r[_K_SPEND + 2 * i] - 1, r[_K_SPEND + 2 * i + 1]]
-            for i, period in enumerate(PERIODS)
-            if r[_K_SPEND + 2 * i]
-        }
+        rpm, tpm = state.rpm, state.tpm
+        rpm.minute, rpm.curr, rpm.prev = r[_K_RPM], r[_K_RPM + 1], r[_K_RPM + 2]
+        tpm.minute, tpm.curr, tpm.prev = r[_K_TPM], r[_K_TPM + 1], r[_K_TPM + 2]
+        state.spend = {period: [r[i] - 1, r[i + 1]] for period, i in _SPEND_FIELDS if r[i]}
         return state
 
-    def _store_key(self, key_id: int, state: KeyState, d_in_flight: int = 0, d_reserved: int = 0) -> None:
-        q = self.table.q
-        at = self.table.key_offset(key_id)
-        rpm, tpm = state.rpm, state.tpm
-        values = [key_id + 1, state.in_flight, state.reserved, rpm.minute, rpm.curr, rpm.prev]
-        values += (tpm.minute, tpm.curr, tpm.prev)
-        for period in PERIODS:
-            slot = state.spend.get(period)
-            values += (slot[0] + 1, slot[1]) if slot else (0, 0)
-        _KEY.pack_into(self.table.mm, 8 * at, *values)
+    def key_state(self, key_id: int) -> KeyState:
+        return self._load_key(key_id, self.table.key_offset(key_id))
+
+    def _store_key(
+        self, key_id: int, state: KeyState, d_in_flight: int = 0, d_reserved: int = 0, at: int = -1
+    ) -> None:
+        table = self.table
+        if at < 0:
+            at = table.key_offset(key_id)
+        rpm, tpm, spend = state.rpm, state.tpm, state.spend
+        if spend:
+            periods: list[int] = []
+            for period in PERIODS:
+                slot = spend.get(period)
+                periods += (slot[0] + 1, slot[1]) if slot else (0, 0)
+        else:
+            periods = _NO_SPEND
+        _KEY.pack_into(
+            table.mm,
+            8 * at,
+            key_id + 1,
+            state.in_flight,
+            state.reserved,
+            rpm.minute,
+            rpm.curr,
+            rpm.prev,
+            tpm.minute,
+            tpm.curr,
+            tpm.prev,
+            *periods,
+        )
         if d_in_flight or d_reserved:
-            share = self.table.share(self.worker, at)
+            q = table.q
+            share = table.share(self.worker, at)
             q[share] += d_in_flight
             q[share + 1] += d_reserved
 
-    def account_state(self, account_id: int, now_ms: int) -> AccountState:
+    def _load_account(self, account_id: int, at: int, now_ms: int) -> AccountState:
         state = self.accounts.get(account_id)
         if state is None:
             state = self.accounts[account_id] = AccountState()
-        at = self.table.acc_offset(account_id)
-        r = _ACC.unpack_from(self.table.mm, 8 * at)
-        state.in_flight, state.day_start, state.requests, state.tokens, state.cost = r[1:6]
+        _id, state.in_flight, state.day_start, state.requests, state.tokens, state.cost = _ACC.unpack_from(
+            self.table.mm, 8 * at
+        )
         state.roll(self.clock.day(now_ms))
         return state
 
-    def _store_account(self, account_id: int, state: AccountState, d_in_flight: int = 0) -> None:
-        q = self.table.q
-        at = self.table.acc_offset(account_id)
+    def account_state(self, account_id: int, now_ms: int) -> AccountState:
+        return self._load_account(account_id, self.table.acc_offset(account_id), now_ms)
+
+    def _store_account(
+        self, account_id: int, state: AccountState, d_in_flight: int = 0, at: int = -1
+    ) -> None:
+        table = self.table
+        if at < 0:
+            at = table.acc_offset(account_id)
         _ACC.pack_into(
-            self.table.mm,
+            table.mm,
             8 * at,
-            *(account_id + 1, state.in_flight, state.day_start, state.requests, state.tokens, state.cost),
+            account_id + 1,
+            state.in_flight,
+            state.day_start,
+            state.requests,
+            state.tokens,
+            state.cost,
         )
         if d_in_flight:
-            q[self.table.acc_share(self.worker, at)] += d_in_flight
+            table.q[table.acc_share(self.worker, at)] += d_in_flight
 
     # -- views and admission: the base rules, under the lock ----------------------------------
 
@@ -227,25 +261,48 @@ class SharedCounters(Counters):
                 self._store_account(account_id, acc)
 
     async def admit_key(self, limits: KeyLimits, lease: str, reserve: int, now_ms: int) -> Denial | None:
-        self.table.lock()
+        table = self.table
+        table.lock()
         try:
             denial = await super().admit_key(limits, lease, reserve, now_ms)  # never suspends
             if denial is None:
-                self._store_key(limits.key_id, self.keys[limits.key_id], 1, reserve)
+                # Admission changes the in-flight figures and the rates, never the spend.
+                state = self.keys[limits.key_id]
+                rpm, tpm = state.rpm, state.tpm
+                at = table.key_offset(limits.key_id)
+                _KEY_HEAD.pack_into(
+                    table.mm,
+                    8 * (at + _K_INFLIGHT),
+                    state.in_flight,
+                    state.reserved,
+                    rpm.minute,
+                    rpm.curr,
+                    rpm.prev,
+                    tpm.minute,
+                    tpm.curr,
+                    tpm.prev,
+                )
+                share = table.share(self.worker, at)
+                table.q[share] += 1
+                table.q[share + 1] += reserve
         finally:
-            self.table.unlock()
+            table.unlock()
         return denial
 
     async def finish_key(self, limits: KeyLimits, lease: str, cost: int, tokens: int, now_ms: int) -> None:
         self.table.lock()
         try:
-            state = self.key_state(limits.key_id)
-            reserve = state.leases.get(lease)
-            self._finish_key_local(state, lease, cost, tokens, now_ms)
-            held = reserve is not None
-            self._store_key(limits.key_id, state, -1 if held else 0, -(reserve or 0))
+            self._finish_key_shared(limits.key_id, lease, cost, tokens, now_ms)
         finally:
             self.table.unlock()
+
+    def _finish_key_shared(self, key_id: int, lease: str, cost: int, tokens: int, now_ms: int) -> None:
+        at = self.table.key_offset(key_id)
+        state = self._load_key(key_id, at)
+        reserve = state.leases.get(lease)
+        self._finish_key_local(state, lease, cost, tokens, now_ms)
+        held = reserve is not None
+        self._store_key(key_id, state, -1 if held else 0, -(reserve or 0), at)
 
     async def acquire_account(self, caps: AccountCaps, lease: str, now_ms: int) -> str | None:
         self.table.lock()
@@ -262,10 +319,35 @@ class SharedCounters(Counters):
     ) -> None:
         self.table.lock()
         try:
-            await super().release_account(
-                caps, lease, served=served, tokens=tokens, cost=cost, now_ms=now_ms
-            )  # never suspends
-            self._store_account(caps.account_id, self.accounts[caps.account_id], -1)
+            self._release_account_shared(caps.account_id, served, tokens, cost, now_ms)
+        finally:
+            self.table.unlock()
+
+    def _release_account_shared(
+        self, account_id: int, served: bool, tokens: int, cost: int, now_ms: int
+    ) -> None:
+        at = self.table.acc_offset(account_id)
+        state = self._load_account(account_id, at, now_ms)
+        _release_local(state, served, tokens, cost)
+        self._store_account(account_id, state, -1, at)
+
+    async def finish(
+        self,
+        limits: KeyLimits,
+        lease: str,
+        caps: AccountCaps | None,
+        acc_lease: str,
+        *,
+        tokens: int,
+        cost: int,
+        now_ms: int,
+    ) -> None:
+        """``release_account`` (served) and ``finish_key`` under one hold of the lock."""
+        self.table.lock()
+        try:
+            if caps is not None:
+                self._release_account_shared(caps.account_id, True, tokens, cost, now_ms)
+            self._finish_key_shared(limits.key_id, lease, cost, tokens, now_ms)
         finally:
             self.table.unlock()
 
