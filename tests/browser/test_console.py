@@ -464,7 +464,10 @@ def test_screenshots_of_every_page(new_page: Callable[..., Any], theme: str) -> 
         assert not page.locator(".skeleton").count() or name == "quota", f"{name} still loading"
         page.screenshot(path=str(ARTIFACTS / f"console-{name}-{theme}.png"), full_page=True)
     page.goto("/usage?range=24h")
-    page.get_by_test_id("requests-table").locator("tbody tr").first.click()
+    first_row = page.get_by_test_id("requests-table").locator("tbody tr").first
+    first_row.wait_for()
+    page.wait_for_load_state("networkidle")  # a row clicked while the list re-renders opens nothing
+    first_row.click()
     page.get_by_test_id("request-detail").wait_for()
     page.screenshot(path=str(ARTIFACTS / f"console-request-detail-{theme}.png"))
 
