@@ -763,6 +763,31 @@ _DIM_TABLES = (usage_monthly_dim, usage_daily_dim, usage_hourly_dim, usage_15m_d
 _FULL_TABLES = (None, usage_daily, usage_hourly, None)
 
 
+async def _read_plan(
+    conn: AsyncConnection,
+    groups: dict[tuple[str, int], list[Span]],
+    *,
+    filters: Filters,
+    names: Sequence[str],
+    dims: Sequence[str],
+    per_dimension: bool,
+    cached: tuple[set[str], set[str] | None] | None,
+    rollup_keys: Callable[[], list[str]],
+    rollup_where: Callable[[], _Where],
+    sinks: tuple[Sink, Sink],
+) -> None:
+    """Read a plan_buckets() plan: its rollup groups (per-dimension or full-key tables; closed
+    units of the wanted dims [and values] through the rollup cache when ``cached``) into the
+    first sink, then its raw-event groups into the second."""
+    tables = _DIM_TABLES if per_dimension else _FULL_TABLES
+    event_keys = [_event_dim(d) for d in dims]
+    rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
+    raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
+    args = (filters, names, rollup_keys, rollup_where, event_keys, tables)
+    await _read_spans(conn, rollup_groups, *args, sinks[0], cached)
+    await _read_spans(conn, raw_groups, *args, sinks[1])
+
+
 async def bucketed(
     conn: AsyncConnection,
     bounds: Sequence[int],
@@ -832,28 +857,21 @@ async def bucketed_sums(
         _acc(acc[bucket], tuple(keys), vals, sign)
 
     groups = plan_buckets(bounds, months=single is not None, slots=single is not None)
-    tables = _DIM_TABLES if single else _FULL_TABLES
-    event_keys = [_event_dim(d) for d in dims]
-    rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
-    raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
     dim_filter: tuple[set[str], set[str] | None] | None = None
     if single:
         wanted = [str(v) for attr, dim in _FILTER_DIMS if dim == single for v in getattr(filters, attr)]
         dim_filter = ({single}, set(wanted) if wanted else None)
-    await _read_spans(
+    await _read_plan(
         conn,
-        rollup_groups,
-        filters,
-        names,
-        rollup_keys,
-        rollup_where,
-        event_keys,
-        tables,
-        rollup_sink,
-        dim_filter,
-    )
-    await _read_spans(
-        conn, raw_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, event_sink
+        groups,
+        filters=filters,
+        names=names,
+        dims=dims,
+        per_dimension=single is not None,
+        cached=dim_filter,
+        rollup_keys=rollup_keys,
+        rollup_where=rollup_where,
+        sinks=(rollup_sink, event_sink),
     )
     req = names.index("requests")
     return names, [{k: v for k, v in a.items() if v[req]} for a in acc]
@@ -1148,24 +1166,17 @@ async def breakdowns(
         split(keys, vals, sign)
 
     groups = plan_buckets([start_ms, end_ms], months=dim_path, slots=dim_path)
-    tables = _DIM_TABLES if dim_path else _FULL_TABLES
-    event_keys = [_event_dim(d) for d in dims]
-    rollup_groups = {k: v for k, v in groups.items() if k[0] != "raw"}
-    raw_groups = {k: v for k, v in groups.items() if k[0] == "raw"}
-    await _read_spans(
+    await _read_plan(
         conn,
-        rollup_groups,
-        filters,
-        names,
-        rollup_keys,
-        rollup_where,
-        event_keys,
-        tables,
-        rollup_sink,
-        ({"*", *dims}, None) if dim_path else None,
-    )
-    await _read_spans(
-        conn, raw_groups, filters, names, rollup_keys, rollup_where, event_keys, tables, event_sink
+        groups,
+        filters=filters,
+        names=names,
+        dims=dims,
+        per_dimension=dim_path,
+        cached=({"*", *dims}, None) if dim_path else None,
+        rollup_keys=rollup_keys,
+        rollup_where=rollup_where,
+        sinks=(rollup_sink, event_sink),
     )
     totals = _metrics(holder, names).get((), totals)
     return totals, {d: {k[0]: m for k, m in _metrics(items, names).items()} for d, items in grouped.items()}
