@@ -20,7 +20,7 @@ import numpy.typing as npt
 from relaymeter.domain.events import UsageEvent
 from relaymeter.domain.latency import LATENCY_BOUNDS_MS
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
-from relaymeter.store.schema import TOKEN_COLUMNS, latency_bucket_columns
+from relaymeter.store.schema import ROLLUP_SUM_COLUMNS, TOKEN_COLUMNS
 
 SLOT_MS = 900_000  # 15 minutes: every zone offset in use is a multiple of it
 # The full rollup key after the time column, in usage_hourly's column order.
@@ -28,17 +28,7 @@ KEY_COLUMNS = ("account_id", "api_key_id", "model", "endpoint", "source", "provi
 # Per-dimension rollups: one row per time, dimension and value ('*' = all, value '').
 ALL = "*"
 DIMS = ("account_id", "api_key_id", "model", "endpoint", "provider", "source")
-SUM_COLUMNS = (
-    "requests",
-    "failures",
-    *TOKEN_COLUMNS,
-    "cost_micros",
-    "latency_sum_ms",
-    "latency_count",
-    "ttft_sum_ms",
-    "ttft_count",
-    *latency_bucket_columns,
-)
+SUM_COLUMNS = ROLLUP_SUM_COLUMNS
 COST = SUM_COLUMNS.index("cost_micros")
 _LAT0 = SUM_COLUMNS.index("lat_b0")
 _BOUNDS = np.array(LATENCY_BOUNDS_MS, dtype=np.int64)

@@ -19,6 +19,8 @@ from relaymeter.store import rollup_cache
 from relaymeter.store.db import Database
 from relaymeter.store.increments import SLOT_MS, month_start_ms
 from relaymeter.store.schema import (
+    ROLLUP_SCALAR_COLUMNS,
+    ROLLUP_SUM_COLUMNS,
     TOKEN_COLUMNS,
     accounts,
     api_keys,
@@ -101,16 +103,7 @@ class Metrics:
         }
 
 
-_SCALAR_NAMES = (
-    "requests",
-    "failures",
-    *TOKEN_COLUMNS,
-    "cost_micros",
-    "latency_sum_ms",
-    "latency_count",
-    "ttft_sum_ms",
-    "ttft_count",
-)
+_SCALAR_NAMES = ROLLUP_SCALAR_COLUMNS
 
 
 def split_range(start_ms: int, end_ms: int) -> tuple[int, int]:
@@ -576,7 +569,7 @@ def _acc(store: Acc, key: tuple[Any, ...], vals: Sequence[Any], sign: int) -> No
     store[key] = list(vals) if cur is None else list(map(operator.add, cur, vals))
 
 
-_ALL_SUMS = (*_SCALAR_NAMES, *latency_bucket_columns)
+_ALL_SUMS = ROLLUP_SUM_COLUMNS
 
 
 def _metrics(store: Acc, names: Sequence[str]) -> dict[tuple[Any, ...], Metrics]:

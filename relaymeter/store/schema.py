@@ -165,20 +165,23 @@ usage_events = Table(
 latency_bucket_columns = [f"lat_b{i}" for i in range(LATENCY_BUCKET_COUNT)]
 
 
+# The additive columns every rollup table carries (counts, tokens, cost, latency histogram), in
+# table order: the write path's increments and the queries' sums use the same order.
+ROLLUP_SCALAR_COLUMNS = (
+    "requests",
+    "failures",
+    *TOKEN_COLUMNS,
+    "cost_micros",
+    "latency_sum_ms",
+    "latency_count",
+    "ttft_sum_ms",
+    "ttft_count",
+)
+ROLLUP_SUM_COLUMNS = (*ROLLUP_SCALAR_COLUMNS, *latency_bucket_columns)
+
+
 def _rollup_sums() -> list[Column[int]]:
-    """The additive columns every rollup table carries (counts, tokens, cost, latency histogram)."""
-    names = (
-        "requests",
-        "failures",
-        *TOKEN_COLUMNS,
-        "cost_micros",
-        "latency_sum_ms",
-        "latency_count",
-        "ttft_sum_ms",
-        "ttft_count",
-        *latency_bucket_columns,
-    )
-    return [Column(name, BigInteger, nullable=False, server_default="0") for name in names]
+    return [Column(name, BigInteger, nullable=False, server_default="0") for name in ROLLUP_SUM_COLUMNS]
 
 
 def _rollup_table(name: str, time_column: str) -> Table:
@@ -373,6 +376,8 @@ admin_sessions = Table(
 )
 
 __all__ = [
+    "ROLLUP_SCALAR_COLUMNS",
+    "ROLLUP_SUM_COLUMNS",
     "TOKEN_COLUMNS",
     "accounts",
     "admin_sessions",
