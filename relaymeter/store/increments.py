@@ -65,6 +65,12 @@ def month_start_ms(ts_ms: int) -> int:
     return int(datetime(d.year, d.month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
+def next_month_ms(month_ms: int) -> int:
+    """Start of the UTC month after the one starting at ``month_ms``."""
+    d = datetime.fromtimestamp(month_ms / 1000, UTC)
+    return int(datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
 def _group(
     times: Int64Array, codes: Int64Array, sums: Int64Array
 ) -> tuple[Int64Array, Int64Array, Int64Array]:

@@ -7,7 +7,6 @@ import itertools
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal_column, or_, select, text
@@ -17,7 +16,7 @@ from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, q
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
 from relaymeter.store import rollup_cache
 from relaymeter.store.db import Database
-from relaymeter.store.increments import SLOT_MS, month_start_ms
+from relaymeter.store.increments import SLOT_MS, month_start_ms, next_month_ms
 from relaymeter.store.schema import (
     ROLLUP_SCALAR_COLUMNS,
     ROLLUP_SUM_COLUMNS,
@@ -395,11 +394,6 @@ def _cover_days(
         lo, day = y, end
 
 
-def _next_month(month_ms: int) -> int:
-    d = datetime.fromtimestamp(month_ms / 1000, UTC)
-    return int(datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
-
-
 def _cover(
     lo: int, hi: int, bucket: int, out: dict[str, list[Span]], months: bool, slots: bool = False
 ) -> None:
@@ -413,7 +407,7 @@ def _cover(
         return
     month = month_start_ms(lo)
     while lo < hi:
-        end = _next_month(month)
+        end = next_month_ms(month)
         x, y = lo, min(hi, end)
         if x == month and y == end:
             out["month"].append((month, end, bucket, 1))
@@ -476,9 +470,6 @@ def _ranges(spans: Sequence[Span]) -> list[tuple[int, int]]:
     return ranges
 
 
-_LEVEL_WIDTH = {"day": DAY_MS, "hour": HOUR_MS, "slot": SLOT_MS}
-
-
 def _rollup_times(spans: Sequence[Span], level: str) -> list[int] | None:
     """Start times of the spans' whole months / days / hours / slots, for an IN list (an index
     lookup per value; SQLite turns a long OR of ranges into a full table scan); None if many."""
@@ -489,7 +480,7 @@ def _rollup_times(spans: Sequence[Span], level: str) -> list[int] | None:
             if len(values) >= 5000:
                 return None
             values.append(v)
-            v = _next_month(v) if level == "month" else v + _LEVEL_WIDTH[level]
+            v = rollup_cache.unit_end(level, v)
     return values
 
 

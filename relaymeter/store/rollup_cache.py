@@ -9,7 +9,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relaymeter.domain.windows import DAY_MS, HOUR_MS
 from relaymeter.store import versions
-from relaymeter.store.increments import SLOT_MS
+from relaymeter.store.increments import SLOT_MS, next_month_ms
 
 LEVEL_TABLES = {
     "month": ("usage_monthly_dim", "month_ms"),
@@ -37,10 +36,8 @@ Sink = Callable[[int, Sequence[Any], Sequence[Any], int], None]
 
 
 def unit_end(level: str, start_ms: int) -> int:
-    if level == "month":
-        d = datetime.fromtimestamp(start_ms / 1000, UTC)
-        return int(datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
-    return start_ms + _WIDTH[level]
+    """End of the rollup unit (month, day, hour or 15-minute slot) starting at ``start_ms``."""
+    return next_month_ms(start_ms) if level == "month" else start_ms + _WIDTH[level]
 
 
 @dataclass(slots=True)
