@@ -473,9 +473,10 @@ def canonical_tokens(provider: str, model: str, raw: dict[str, int]) -> dict[str
     inp = raw.get("input", 0)
     out = raw.get("output", 0)
     reasoning = raw.get("reasoning", 0)
-    if input_includes_cache(provider, model):
+    includes_cache, includes_reasoning = _token_semantics(provider, model)
+    if includes_cache:
         inp = max(0, inp - cache_read)
-    if not output_includes_reasoning(provider, model):
+    if not includes_reasoning:
         out += reasoning
     reasoning = min(reasoning, out)
     return {
@@ -661,22 +662,20 @@ def normalize_row(
     if isinstance(given_hash, str) and re.fullmatch(r"[0-9a-fA-F]{64}", given_hash.strip()):
         event_hash = given_hash.strip().lower()
     else:
-        parts = [
-            request_id,
-            format_rfc3339_nano(ts_ns),
-            endpoint,
-            model,
-            auth_index,
-            source_hash,
-            str(input_raw),
-            str(output_raw),
-            str(reasoning_raw),
-            str(cached_for_hash),
-            "true" if failed else "false",
-        ]
-        if latency_ms is not None:
-            parts.append(str(latency_ms))
-        event_hash = sha256_hex("|".join(parts))  # compute_event_hash, inlined
+        event_hash = compute_event_hash(
+            request_id=request_id,
+            ts_ns=ts_ns,
+            endpoint=endpoint,
+            model=model,
+            auth_index=auth_index,
+            source_hash=source_hash,
+            input_tokens=input_raw,
+            output_tokens=output_raw,
+            reasoning_tokens=reasoning_raw,
+            cached_tokens=cached_for_hash,
+            failed=failed,
+            latency_ms=latency_ms,
+        )
 
     breakdown = _read_breakdown(get("token_breakdown"))
     cache_creation_1h_raw = raw_tokens["cache_creation_1h"]
@@ -686,18 +685,10 @@ def normalize_row(
         reasoning = breakdown["reasoning"]
         cache_read = breakdown["cache_read"]
         cache_creation = breakdown["cache_creation"]
-    else:  # canonical_tokens, inlined
-        cache_read = raw_tokens["cache_read"] or cached_for_hash
-        cache_creation = raw_tokens["cache_creation"] or (
-            raw_tokens["cache_creation_5m"] + cache_creation_1h_raw
-        )
-        inp, out, reasoning = input_raw, output_raw, reasoning_raw
-        includes_cache, includes_reasoning = _token_semantics(provider, model)
-        if includes_cache:
-            inp = max(0, inp - cache_read)
-        if not includes_reasoning:
-            out += reasoning
-        reasoning = min(reasoning, out)
+    else:
+        canon = canonical_tokens(provider, model, raw_tokens)
+        inp, out, reasoning = canon["input"], canon["output"], canon["reasoning"]
+        cache_read, cache_creation = canon["cache_read"], canon["cache_creation"]
     cache_creation_1h = min(cache_creation_1h_raw, cache_creation)
 
     label_source = _as_str(get("account_label") or get("label"), 200)
