@@ -112,13 +112,7 @@ def _redact_dict(value: dict[Any, Any]) -> dict[str, Any]:
                     out = _head(value, seen)
                 out[skey] = REDACTED
                 continue
-        t = type(item)
-        if t is str:  # inline the cheap pre-check: most strings hold no secret
-            new = redact_text(item) if _may_hold_secret(item) else item
-        elif t is int or t is float or t is bool or item is None:
-            new = item
-        else:
-            new = redact(item)
+        new = _redacted_item(item)
         if out is not None:
             out[skey] = new
         elif new is not item or skey is not key:
@@ -129,6 +123,16 @@ def _redact_dict(value: dict[Any, Any]) -> dict[str, Any]:
     return value if out is None else out
 
 
+def _redacted_item(item: Any) -> Any:
+    """One value of a dict or list, redacted (the same object when nothing changes)."""
+    t = type(item)
+    if t is str:  # the cheap pre-check first: most strings hold no secret
+        return redact_text(item) if _may_hold_secret(item) else item
+    if t is int or t is float or t is bool or item is None:
+        return item
+    return redact(item)
+
+
 def _head(value: dict[Any, Any], count: int) -> dict[str, Any]:
     """A new dict with the first ``count`` items of ``value`` (all unchanged, str keys)."""
     return dict(itertools.islice(value.items(), count)) if count else {}
@@ -137,13 +141,7 @@ def _head(value: dict[Any, Any], count: int) -> dict[str, Any]:
 def _redact_list(value: list[Any]) -> list[Any]:
     out: list[Any] | None = None
     for index, item in enumerate(value):
-        t = type(item)
-        if t is str:
-            new = redact_text(item) if _may_hold_secret(item) else item
-        elif t is int or t is float or t is bool or item is None:
-            new = item
-        else:
-            new = redact(item)
+        new = _redacted_item(item)
         if out is not None:
             out.append(new)
         elif new is not item:
