@@ -33,6 +33,14 @@ ACC_FIELDS = 6
 _KEY = struct.Struct(f"={KEY_FIELDS}q")
 _ACC = struct.Struct(f"={ACC_FIELDS}q")
 _KEY_HEAD = struct.Struct(f"={_K_SPEND - _K_INFLIGHT}q")  # in_flight .. tpm, without the spend
+
+
+def _key_head(state: KeyState) -> tuple[int, ...]:
+    """A key record's fields from in_flight to tpm (the _KEY_HEAD layout)."""
+    rpm, tpm = state.rpm, state.tpm
+    return (state.in_flight, state.reserved, rpm.minute, rpm.curr, rpm.prev, tpm.minute, tpm.curr, tpm.prev)
+
+
 _SPEND_FIELDS = tuple((period, _K_SPEND + 2 * i) for i, period in enumerate(PERIODS))
 _NO_SPEND = [0] * (2 * len(PERIODS))
 
@@ -163,7 +171,7 @@ class SharedCounters(Counters):
         table = self.table
         if at < 0:
             at = table.key_offset(key_id)
-        rpm, tpm, spend = state.rpm, state.tpm, state.spend
+        spend = state.spend
         if spend:
             periods: list[int] = []
             for period in PERIODS:
@@ -171,20 +179,7 @@ class SharedCounters(Counters):
                 periods += (slot[0] + 1, slot[1]) if slot else (0, 0)
         else:
             periods = _NO_SPEND
-        _KEY.pack_into(
-            table.mm,
-            8 * at,
-            key_id + 1,
-            state.in_flight,
-            state.reserved,
-            rpm.minute,
-            rpm.curr,
-            rpm.prev,
-            tpm.minute,
-            tpm.curr,
-            tpm.prev,
-            *periods,
-        )
+        _KEY.pack_into(table.mm, 8 * at, key_id + 1, *_key_head(state), *periods)
         if d_in_flight or d_reserved:
             q = table.q
             share = table.share(self.worker, at)
@@ -268,20 +263,8 @@ class SharedCounters(Counters):
             if denial is None:
                 # Admission changes the in-flight figures and the rates, never the spend.
                 state = self.keys[limits.key_id]
-                rpm, tpm = state.rpm, state.tpm
                 at = table.key_offset(limits.key_id)
-                _KEY_HEAD.pack_into(
-                    table.mm,
-                    8 * (at + _K_INFLIGHT),
-                    state.in_flight,
-                    state.reserved,
-                    rpm.minute,
-                    rpm.curr,
-                    rpm.prev,
-                    tpm.minute,
-                    tpm.curr,
-                    tpm.prev,
-                )
+                _KEY_HEAD.pack_into(table.mm, 8 * (at + _K_INFLIGHT), *_key_head(state))
                 share = table.share(self.worker, at)
                 table.q[share] += 1
                 table.q[share + 1] += reserve
