@@ -66,6 +66,18 @@ async def ensure_admin_password(state: AppState) -> str | None:
     return password
 
 
+def show_generated_password(generated: str | None) -> None:
+    """Print a password ensure_admin_password() just generated. Printed, not logged: shown
+    once on the console, never kept in log files."""
+    if generated:
+        print(
+            f"relaymeter: no admin password was set; generated one (shown once): {generated}\n"
+            "relaymeter: change it in Settings or with `relaymeter init --reset-password`",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
@@ -73,15 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await open_state(settings)
         app.state.rm = state
-        generated = await ensure_admin_password(state)
-        if generated:
-            # Printed, not logged: shown once on the console, never kept in log files.
-            print(
-                f"relaymeter: no admin password was set; generated one (shown once): {generated}\n"
-                "relaymeter: change it in Settings or with `relaymeter init --reset-password`",
-                file=sys.stderr,
-                flush=True,
-            )
+        show_generated_password(await ensure_admin_password(state))
         state.writer.start()
         services = await start_services(state)
         try:

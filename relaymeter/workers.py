@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import tempfile
 import time
 from multiprocessing.connection import wait
@@ -62,18 +61,11 @@ def _worker(settings: Settings, index: int, table_path: str | None) -> None:
 
 
 async def _prepare(settings: Settings) -> None:
-    from relaymeter.app import ensure_admin_password, open_state
+    from relaymeter.app import ensure_admin_password, open_state, show_generated_password
 
     state = await open_state(settings)
     try:
-        generated = await ensure_admin_password(state)
-        if generated:
-            print(
-                f"relaymeter: no admin password was set; generated one (shown once): {generated}\n"
-                "relaymeter: change it in Settings or with `relaymeter init --reset-password`",
-                file=sys.stderr,
-                flush=True,
-            )
+        show_generated_password(await ensure_admin_password(state))
     finally:
         await state.db.dispose()
 
