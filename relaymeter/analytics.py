@@ -451,20 +451,19 @@ def _ratio(used: int, cap: int | None) -> float | None:
 
 def _period_usage(m: Metrics | None, start: int, resets: int | None, limit: int | None) -> dict[str, Any]:
     m = m or Metrics()
-    ok = m.requests - m.failures
     remaining = None if limit is None else max(limit - m.cost_micros, 0)
     return {
         "start_ms": start,
         "resets_ms": resets,
         "requests": m.requests,
         "failures": m.failures,
-        "successes": ok,
-        "success_rate": (ok / m.requests) if m.requests else None,
+        "successes": m.requests - m.failures,
+        "success_rate": m.success_rate,
         "input_tokens": m.input_tokens,
         "output_tokens": m.output_tokens,
         "total_tokens": m.total_tokens,
         "cost_micros": m.cost_micros,
-        "cost_usd": m.cost_micros / 1_000_000,
+        "cost_usd": m.cost_usd,
         "limit_micros": limit,
         "limit_usd": None if limit is None else limit / 1_000_000,
         "remaining_micros": remaining,
@@ -710,14 +709,14 @@ def _compact(m: Metrics) -> dict[str, Any]:
     return {
         "requests": m.requests,
         "failures": m.failures,
-        "success_rate": ((m.requests - m.failures) / m.requests) if m.requests else None,
+        "success_rate": m.success_rate,
         "input_tokens": m.input_tokens,
         "output_tokens": m.output_tokens,
         "cache_read_tokens": m.cache_read_tokens,
         "cache_creation_tokens": m.cache_creation_tokens,
         "total_tokens": m.total_tokens,
         "cost_micros": m.cost_micros,
-        "cost_usd": m.cost_micros / 1_000_000,
+        "cost_usd": m.cost_usd,
     }
 
 
@@ -818,7 +817,7 @@ async def overview(
                 "total_tokens": m.total_tokens,
                 "requests": m.requests,
                 "cost_micros": m.cost_micros,
-                "cost_usd": m.cost_micros / 1_000_000,
+                "cost_usd": m.cost_usd,
                 "share": (m.total_tokens / all_tokens) if all_tokens else None,
             }
             for model, m in model_rank

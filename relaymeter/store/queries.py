@@ -79,14 +79,21 @@ class Metrics:
         for j in range(LATENCY_BUCKET_COUNT):
             self.latency_buckets[j] += other.latency_buckets[j]
 
+    @property
+    def success_rate(self) -> float | None:
+        return ((self.requests - self.failures) / self.requests) if self.requests else None
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_micros / 1_000_000
+
     def to_dict(self) -> dict[str, Any]:
-        ok = self.requests - self.failures
         p50, p95 = quantiles(self.latency_buckets, (0.50, 0.95))
         return {
             "requests": self.requests,
             "failures": self.failures,
-            "successes": ok,
-            "success_rate": (ok / self.requests) if self.requests else None,
+            "successes": self.requests - self.failures,
+            "success_rate": self.success_rate,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "reasoning_tokens": self.reasoning_tokens,
@@ -94,7 +101,7 @@ class Metrics:
             "cache_creation_tokens": self.cache_creation_tokens,
             "total_tokens": self.total_tokens,
             "cost_micros": self.cost_micros,
-            "cost_usd": self.cost_micros / 1_000_000,
+            "cost_usd": self.cost_usd,
             "avg_latency_ms": (self.latency_sum_ms / self.latency_count) if self.latency_count else None,
             "p50_latency_ms": p50,
             "p95_latency_ms": p95,
