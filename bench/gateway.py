@@ -1,13 +1,13 @@
 """Gateway overhead: relaymeter versus calling a fake upstream directly, in the same run.
 
 Starts (all on 127.0.0.1) a fast fake Anthropic upstream twice (instant, and with a response
-delay), relaymeter in front of both (one run per upstream HTTP client: raw, aiohttp, httpx), and
-drives them with wrk (C, with a Lua script for the POST body; falls back to a small aiohttp
+delay), relaymeter in front of both (one run per upstream HTTP client: raw, aiohttp, httpx, and
+per process count: one process, and `relaymeter serve --workers 2`), and drives them with wrk (C, with a Lua script for the POST body; falls back to a small aiohttp
 load generator when wrk is missing). Reports requests/s, p50 / p99 latency and the CPU time
 of the serving process per request (Linux /proc) per scenario, and the latency relaymeter adds.
 
     python bench/gateway.py                 # 5 s per scenario
-    python bench/gateway.py --duration 3 --clients raw
+    python bench/gateway.py --duration 3 --clients raw --workers 1
 """
 
 from __future__ import annotations
@@ -372,7 +372,9 @@ def main() -> None:
         "--concurrency", type=int, default=128, help="streaming clients against the slow upstream"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="relaymeter server processes (relaymeter serve --workers)"
+        "--workers",
+        default="1,2",
+        help="relaymeter server processes (relaymeter serve --workers N), comma-separated: each is one run",
     )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
@@ -383,7 +385,7 @@ def main() -> None:
         serve_upstream(args.serve_upstream, args.delay_ms)
         return
     if args.serve_relay:
-        serve_relay(args.serve_relay, args.client, args.data_dir, args.workers)
+        serve_relay(args.serve_relay, args.client, args.data_dir, int(args.workers))
         return
 
     generator = (
@@ -393,7 +395,7 @@ def main() -> None:
     )
     print(
         f"load generator: {generator}; {os.cpu_count()} CPUs; {args.duration:.0f} s per scenario; "
-        f"relaymeter workers: {args.workers}; "
+        f"relaymeter processes: {args.workers}; "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -424,12 +426,15 @@ def main() -> None:
                 res = load(url, "none", request_body(model, stream), conns, threads, d, tmp, upstream.pid)
                 results["scenarios"].setdefault(name, {})["direct"] = res
                 print(
-                    f"  direct   {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}",
+                    f"  direct     {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}",
                     flush=True,
                 )
-            for client in [c.strip() for c in args.clients.split(",") if c.strip()]:
+            worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+            runs = [(c.strip(), w) for w in worker_counts for c in args.clients.split(",") if c.strip()]
+            for client, workers in runs:
+                label = client if workers == 1 else f"{client} w{workers}"
                 relay_port = free_port()
-                data_dir = tmp / f"relay-{client}"
+                data_dir = tmp / f"relay-{client}-{workers}"
                 relay = spawn(
                     "--serve-relay",
                     str(relay_port),
@@ -438,23 +443,23 @@ def main() -> None:
                     "--data-dir",
                     str(data_dir),
                     "--workers",
-                    str(args.workers),
+                    str(workers),
                 )
                 procs.append(relay)
                 wait_port(relay_port, 60)
                 key = setup_relay(relay_port, instant_port, slow_port)
-                if args.workers > 1:
+                if workers > 1:
                     time.sleep(7)  # every worker sees the new accounts and key (reload poll, 5 s)
                 relay_url = f"http://127.0.0.1:{relay_port}"
                 load(relay_url, key, request_body("instant", False), 4, 1, 1, tmp)  # warm up pools
                 for name, model, stream, conns, threads in scenarios:
                     res = load(relay_url, key, request_body(model, stream), conns, threads, d, tmp, relay.pid)
-                    results["scenarios"][name][client] = res
+                    results["scenarios"][name][label] = res
                     direct = results["scenarios"][name]["direct"]
                     extra = f"added p50 {res['p50_ms'] - direct['p50_ms']:+.2f} ms  throughput {res['rps'] / direct['rps']:6.1%} of direct"
                     errors = f"  non-2xx {res['non2xx']}" if res["non2xx"] else ""
                     print(
-                        f"  {client:<8} {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}  {extra}{errors}",
+                        f"  {label:<10} {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}  {extra}{errors}",
                         flush=True,
                     )
                 relay.terminate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import sys
@@ -88,9 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         show_generated_password(await ensure_admin_password(state))
         state.writer.start()
         services = await start_services(state)
+        # The objects alive after start-up (modules, tables, caches) live as long as the process:
+        # moved out of the collector's reach, a full collection no longer walks them all, which
+        # stalled the event loop for 50-125 ms under gateway load (bench/README.md).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             await stop_services(state, services)
             await state.writer.close()
             await state.db.dispose()

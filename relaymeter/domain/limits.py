@@ -69,6 +69,14 @@ class AccountCaps:
     daily_tokens: int | None = None
     daily_cost_micros: int | None = None
 
+    @property
+    def has_daily_caps(self) -> bool:
+        return (
+            self.daily_requests is not None
+            or self.daily_tokens is not None
+            or self.daily_cost_micros is not None
+        )
+
 
 class PeriodClock:
     """Current calendar windows for a time zone, recomputed only when one of them ends."""

@@ -132,6 +132,8 @@ class Counters:
         return self.account_state(account_id, now_ms)
 
     def account_cap_reason(self, caps: AccountCaps, now_ms: int) -> str | None:
+        if not caps.has_daily_caps:
+            return None  # nothing to check (the scheduler asks for every candidate, every request)
         state = self.account_state(caps.account_id, now_ms)
         return account_cap_reason(caps, state.requests, state.tokens, state.cost)
 

@@ -229,8 +229,8 @@ class SharedCounters(Counters):
             return self.account_state(account_id, now_ms)
 
     def account_cap_reason(self, caps: AccountCaps, now_ms: int) -> str | None:
-        if caps.daily_requests is None and caps.daily_tokens is None and caps.daily_cost_micros is None:
-            return None  # nothing to check (the scheduler asks for every candidate, every request)
+        if not caps.has_daily_caps:
+            return None  # no lock for nothing to check
         with self.table.locked():
             return super().account_cap_reason(caps, now_ms)
 

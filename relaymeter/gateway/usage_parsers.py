@@ -49,20 +49,33 @@ def _int(value: Any) -> int:
 def apply_anthropic(usage: Usage, u: dict[str, Any]) -> None:
     """Anthropic usage: buckets are already separate. Values are cumulative, so keep the largest."""
     usage.seen = True
-    usage.raw = {**(usage.raw or {}), **u}
-    usage.input = max(usage.input, _int(u.get("input_tokens")))
-    usage.cache_read = max(usage.cache_read, _int(u.get("cache_read_input_tokens")))
-    creation = _int(u.get("cache_creation_input_tokens"))
+    usage.raw = u if usage.raw is None else {**usage.raw, **u}
+    # Counts are almost always plain non-negative ints: take those without calling _int.
+    v = u.get("input_tokens")
+    n = v if type(v) is int and v > 0 else _int(v)
+    if n > usage.input:
+        usage.input = n
+    v = u.get("cache_read_input_tokens")
+    n = v if type(v) is int and v > 0 else _int(v)
+    if n > usage.cache_read:
+        usage.cache_read = n
+    v = u.get("cache_creation_input_tokens")
+    creation = v if type(v) is int and v > 0 else _int(v)
     detail = u.get("cache_creation")
     one_hour = 0
     if isinstance(detail, dict):
         one_hour = _int(detail.get("ephemeral_1h_input_tokens"))
         creation = max(creation, one_hour + _int(detail.get("ephemeral_5m_input_tokens")))
-    usage.cache_creation = max(usage.cache_creation, creation)
-    usage.cache_creation_1h = min(max(usage.cache_creation_1h, one_hour), usage.cache_creation)
-    usage.output = max(usage.output, _int(u.get("output_tokens")))
+    if creation > usage.cache_creation:
+        usage.cache_creation = creation
+    if one_hour or usage.cache_creation_1h:
+        usage.cache_creation_1h = min(max(usage.cache_creation_1h, one_hour), usage.cache_creation)
+    v = u.get("output_tokens")
+    n = v if type(v) is int and v > 0 else _int(v)
+    if n > usage.output:
+        usage.output = n
     tier = u.get("service_tier")
-    if isinstance(tier, str) and tier:
+    if tier and isinstance(tier, str):
         usage.service_tier = tier
 
 
@@ -305,8 +318,9 @@ _MARKERS = (b'"usage"', b"error", b"response.failed")
 
 def _marked_events(complete: bytes) -> list[tuple[int, int]]:
     """Spans of the events (in stream order) that contain a usage or error marker."""
-    spans: set[tuple[int, int]] = set()
-    for marker in _MARKERS:
+    markers = _MARKERS if b"error" in complete or b"response.failed" in complete else _MARKERS[:1]
+    spans: list[tuple[int, int]] = []
+    for marker in markers:
         pos = complete.find(marker)
         while pos >= 0:
             start = complete.rfind(b"\n\n", 0, pos)
@@ -314,12 +328,17 @@ def _marked_events(complete: bytes) -> list[tuple[int, int]]:
             stop = complete.find(b"\n\n", pos)
             if stop < 0:
                 stop = len(complete)
-            spans.add((start, stop))
+            spans.append((start, stop))
             pos = complete.find(marker, stop)
-    return sorted(spans)
+    return spans if len(markers) == 1 else sorted(set(spans))
 
 
 def _data_of(event: bytes) -> bytes:
+    start = event.find(b"data:")
+    if start >= 0 and (start == 0 or event[start - 1] == 10) and event.find(b"\ndata:", start) < 0:
+        # The usual event: one data line.
+        end = event.find(b"\n", start)
+        return (event[start + 5 :] if end < 0 else event[start + 5 : end]).lstrip(b" ")
     parts = []
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):

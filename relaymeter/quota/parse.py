@@ -289,14 +289,18 @@ def parse_gemini_quota(doc: Any) -> UsageReport:
 # --- rate-limit headers of relayed responses ------------------------------------------------------
 
 
-def _header_map(headers: Any) -> dict[str, str]:
-    """Lower-case names; Go-style list values (CPA's response_headers) become their first item."""
+def _limit_headers(headers: Any) -> dict[str, str]:
+    """The rate-limit headers only, names lower-case; Go-style list values (CPA's
+    response_headers) become their first item."""
     out: dict[str, str] = {}
     items = headers.items() if hasattr(headers, "items") else []
     for name, value in items:
+        name = name.lower() if isinstance(name, str) else str(name).lower()
+        if not name.startswith(_PREFIXES):  # most headers: one cheap check
+            continue
         if isinstance(value, list | tuple):
             value = value[0] if value else ""
-        out[str(name).lower()] = str(value)
+        out[name] = str(value)
     return out
 
 
@@ -336,16 +340,16 @@ def _limit_window(name: str, limit: int | None, remaining: int | None, reset: in
 
 def parse_headers(headers: Any, now_ms: int) -> list[Window]:
     """Every rate-limit window the response headers describe (empty when there are none)."""
-    h = _header_map(headers)
+    h = _limit_headers(headers)
     windows: list[Window] = []
+    if not h:
+        return windows
 
     unified: dict[str, dict[str, str]] = {}
     anthropic: dict[str, dict[str, str]] = {}
     openai: dict[str, dict[str, str]] = {}
     codex: dict[str, dict[str, str]] = {}
     for name, value in h.items():
-        if not name.startswith(_PREFIXES):  # most headers: one cheap check
-            continue
         if m := _UNIFIED.match(name):
             unified.setdefault(m.group(1), {})[m.group(2)] = value
         elif m := _ANTHROPIC.match(name):
