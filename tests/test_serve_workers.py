@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from relaymeter.domain.limits import AccountCaps, KeyLimits
+from relaymeter.gateway.scheduler import MESSAGES, Account, AccountPool
+from relaymeter.gateway.sessions import SharedSessions, session_hash
 from relaymeter.gateway.shared_counters import SharedCounters, SharedTable
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.upstream_base import free_port, serve_asgi
@@ -82,6 +84,54 @@ async def test_finish_gives_back_the_account_slot_and_the_key_lease_in_one_step(
     await b.finish(limits, "k2", None, "", tokens=0, cost=0, now_ms=NOW)
     assert a.key_view(3, NOW)["in_flight"] == 0
     assert a.account_view(9, NOW).requests == 1
+
+
+def _worker_pool(path: Path, clock: list[int]) -> AccountPool:
+    """One worker's scheduler: its own mapping of the table, its own accounts and load."""
+    table = SharedTable(path)
+    pool = AccountPool(sticky_ttl_ms=60_000, clock=lambda: clock[0])
+    pool.sessions = SharedSessions(table.q, table.session_base, table.sessions)
+    pool.replace(Account(id=i, name=f"a{i}", provider="anthropic", kind="api_key") for i in (1, 2, 3))
+    return pool
+
+
+def test_a_session_sticks_to_one_account_across_workers(tmp_path: Path) -> None:
+    table = SharedTable(tmp_path / "counters.bin", create=True, workers=2, keys=8, accounts=8, sessions=64)
+    clock = [NOW]
+    a, b = _worker_pool(table.path, clock), _worker_pool(table.path, clock)
+    bound = a.pick(MESSAGES, "m", session="conv-1")
+    assert bound is not None
+    # Worker b has its own load figures: left to itself it would pick another account.
+    b.accounts[bound.id].in_flight = 5
+    assert b.pick(MESSAGES, "m").id != bound.id  # type: ignore[union-attr]
+    for _ in range(5):
+        assert b.pick(MESSAGES, "m", session="conv-1").id == bound.id  # type: ignore[union-attr]
+        assert a.pick(MESSAGES, "m", session="conv-1").id == bound.id  # type: ignore[union-attr]
+    # The bound account cools down in worker b: the session moves there, and worker a follows.
+    b.set_cooldown(bound.id, NOW + 30_000, "429", "rate_limit")
+    moved = b.pick(MESSAGES, "m", session="conv-1")
+    assert moved is not None and moved.id != bound.id
+    assert a.sessions.get("conv-1", NOW) == moved.id
+    # Bindings expire after the sticky TTL, in every worker.
+    clock[0] = NOW + 61_000
+    assert a.sessions.get("conv-1", clock[0]) is None
+    assert b.sessions.get("conv-1", clock[0]) is None
+
+
+def test_shared_session_slots_are_replaced_not_misread(tmp_path: Path) -> None:
+    table = SharedTable(tmp_path / "counters.bin", create=True, workers=1, keys=8, accounts=8, sessions=1)
+    one = SharedSessions(table.q, table.session_base, table.sessions)
+    other = SharedSessions(SharedTable(table.path).q, table.session_base, table.sessions)
+    one.bind("s1", 7, NOW + 1_000)
+    assert other.get("s1", NOW) == 7
+    # One slot: a second session takes it over; the first reads as unbound, not as account 9.
+    other.bind("s2", 9, NOW + 1_000)
+    assert one.get("s2", NOW) == 9
+    assert one.get("s1", NOW) is None
+    # An entry caught half-written (hash cleared first) reads as unbound.
+    table.q[table.session_base] = 0
+    assert one.get("s2", NOW) is None
+    assert session_hash("s2") == session_hash("s2") > 0
 
 
 class Recording:

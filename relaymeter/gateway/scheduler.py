@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from relaymeter.domain.limits import AccountCaps
+from relaymeter.gateway.sessions import LocalSessions, SessionMap
 
 # Route kinds an account may serve.
 MESSAGES = "messages"
@@ -32,7 +32,6 @@ DEFAULT_RATE_LIMIT_COOLDOWN_MS = 60_000
 OVERLOAD_COOLDOWN_MS = 10_000
 ERROR_STREAK_COOLDOWN_MS = 30_000
 ERROR_STREAK = 3
-STICKY_MAX = 100_000
 
 
 def now_ms() -> int:
@@ -172,7 +171,8 @@ class AccountPool:
 
     def __init__(self, *, sticky_ttl_ms: int = 3_600_000, clock: Callable[[], int] = now_ms) -> None:
         self.accounts: dict[int, Account] = {}
-        self.sticky: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Which account each session is bound to; workers of one `serve` share theirs.
+        self.sessions: SessionMap = LocalSessions()
         self.sticky_ttl_ms = sticky_ttl_ms
         self.clock = clock
         self.cap_check: CapCheck = lambda _acc, _now: None
@@ -232,11 +232,11 @@ class AccountPool:
     ) -> Account | None:
         now = self.clock() if now is None else now
         if session:
-            bound = self.sticky.get(session)
-            if bound is not None and bound[1] > now and bound[0] not in exclude:
-                acc = self.accounts.get(bound[0])
+            bound = self.sessions.get(session, now)
+            if bound is not None and bound not in exclude:
+                acc = self.accounts.get(bound)
                 if acc is not None and self.unavailable_reason(acc, route, model, now) is None:
-                    self._bind(session, acc.id, now)
+                    self.sessions.bind(session, acc.id, now + self.sticky_ttl_ms)
                     return acc
         best_priority: int | None = None
         tier: list[Account] = []
@@ -252,7 +252,7 @@ class AccountPool:
             return None
         chosen = tier[0] if len(tier) == 1 else self._least_loaded(tier)
         if session:
-            self._bind(session, chosen.id, now)
+            self.sessions.bind(session, chosen.id, now + self.sticky_ttl_ms)
         return chosen
 
     @staticmethod
@@ -278,12 +278,6 @@ class AccountPool:
                 chosen = acc
         chosen.swrr -= total
         return chosen
-
-    def _bind(self, session: str, account_id: int, now: int) -> None:
-        self.sticky[session] = (account_id, now + self.sticky_ttl_ms)
-        self.sticky.move_to_end(session)
-        while len(self.sticky) > STICKY_MAX:
-            self.sticky.popitem(last=False)
 
     def why_none(self, route: str, model: str, exclude: set[int] | frozenset[int] = frozenset()) -> str:
         """A message for the client when no account can take the request."""

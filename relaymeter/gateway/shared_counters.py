@@ -22,7 +22,7 @@ from typing import Any
 from relaymeter.domain.limits import PERIODS, AccountCaps, Denial, KeyLimits
 from relaymeter.gateway.counters import AccountState, Counters, KeyState, _release_local
 
-MAGIC = 0x524D_4757_0001  # "RMGW" v1
+MAGIC = 0x524D_4757_0002  # "RMGW" v2 (v2 added the session bindings)
 _HEADER = 8
 # key record: id+1, in_flight, reserved, rpm minute/curr/prev, tpm minute/curr/prev, then per
 # period (window start + 1, micros); 0 in a window start means "nothing counted yet".
@@ -46,26 +46,36 @@ _NO_SPEND = [0] * (2 * len(PERIODS))
 
 
 class SharedTable:
-    """The file layout: header, key records, account records, per-worker shares."""
+    """The file layout: header, key records, account records, per-worker shares, session bindings."""
 
     def __init__(
-        self, path: Path, *, create: bool = False, workers: int = 1, keys: int = 16384, accounts: int = 4096
+        self,
+        path: Path,
+        *,
+        create: bool = False,
+        workers: int = 1,
+        keys: int = 16384,
+        accounts: int = 4096,
+        sessions: int = 131072,
     ):
         self.path = path
         if create:
-            size = 8 * (_HEADER + keys * KEY_FIELDS + accounts * ACC_FIELDS + workers * (2 * keys + accounts))
+            shares = workers * (2 * keys + accounts)
+            size = 8 * (_HEADER + keys * KEY_FIELDS + accounts * ACC_FIELDS + shares + 3 * sessions)
             with open(path, "wb") as fh:
                 fh.truncate(size)
         self.fd = os.open(path, os.O_RDWR)
         self.mm = mmap.mmap(self.fd, 0)
         self.q = memoryview(self.mm).cast("q")
         if create:
-            self.q[0], self.q[1], self.q[2], self.q[3] = MAGIC, keys, accounts, workers
+            self.q[0], self.q[1], self.q[2], self.q[3], self.q[4] = MAGIC, keys, accounts, workers, sessions
         if self.q[0] != MAGIC:
             raise RuntimeError(f"{path} is not a relaymeter counters file")
-        self.keys, self.accounts, self.workers = self.q[1], self.q[2], self.q[3]
+        self.keys, self.accounts, self.workers, self.sessions = self.q[1], self.q[2], self.q[3], self.q[4]
         self.acc_base = _HEADER + self.keys * KEY_FIELDS
         self.share_base = self.acc_base + self.accounts * ACC_FIELDS
+        # Sticky-session bindings (gateway.sessions.SharedSessions): 3 slots each, no lock.
+        self.session_base = self.share_base + self.workers * (2 * self.keys + self.accounts)
         self._key_slots: dict[int, int] = {}
         self._acc_slots: dict[int, int] = {}
 
