@@ -132,3 +132,32 @@ def test_vectorized_increments_equal_a_per_event_fold() -> None:
     assert norm(Increments.from_events(events).negated().full_key(3_600_000)) == norm(
         (*k, *(-x for x in v)) for k, v in want.items()
     )
+
+
+def test_small_batches_fold_in_python_to_the_same_rows(monkeypatch: Any) -> None:
+    """Batches of a few rollup rows (the gateway's) skip numpy; the rows must not change."""
+    from relaymeter.store import increments
+
+    events = make_events(400, BASE, BASE + 40 * 86_400_000, seed=4, keys=3, accounts=2)
+    for i, e in enumerate(events):
+        e.account_id, e.api_key_id = i % 2 + 1, i % 3 + 1
+    for size in (1, 2, 5, 12, 16, 17, 40, 120):
+        for start in range(0, len(events) - size, 97):
+            inc = Increments.from_events(events[start : start + size])
+            for inc_or_neg in (inc, inc.negated()):
+                monkeypatch.setattr(increments, "SMALL", 1 << 30)
+                small = (inc_or_neg.full_key(3_600_000), inc_or_neg.per_dimension())
+                monkeypatch.setattr(increments, "SMALL", -1)
+                vectorized = (inc_or_neg.full_key(3_600_000), inc_or_neg.per_dimension())
+                assert small == vectorized, (size, start)
+                assert small[1]["slot_ms"], "every batch has per-dimension rows"
+    # Repricing deltas that cancel out in a per-dimension row leave no row behind.
+    key = (1, 1, "m", "POST /v1/messages", "gateway", "anthropic", False)
+    other = (2, 1, "m", "POST /v1/messages", "gateway", "anthropic", False)
+    slot = BASE - BASE % SLOT_MS
+    deltas = Increments.from_cost_deltas({(slot, *key): 5, (slot, *other): -5})
+    monkeypatch.setattr(increments, "SMALL", 1 << 30)
+    small_rows = deltas.per_dimension()
+    monkeypatch.setattr(increments, "SMALL", -1)
+    assert small_rows == deltas.per_dimension()
+    assert not [r for r in small_rows["hour_ms"] if r[1] in ("*", "api_key_id", "model")]

@@ -100,6 +100,22 @@ def _records(
     ]
 
 
+# Up to this many rows, folding is done on Python lists: numpy's per-call overhead would
+# dominate (the gateway writes batches of ~100 events that share a handful of keys).
+SMALL = 16
+
+
+def _fold_small(
+    times: list[int], labels: Sequence[Record], codes: list[int], sums: list[list[int]]
+) -> list[Record]:
+    """``_records(*_group(...))`` for a few rows, on Python lists (same rows, same order)."""
+    acc: dict[tuple[int, int], list[int]] = {}
+    for key, row in zip(zip(times, codes, strict=True), sums, strict=True):
+        seen = acc.get(key)
+        acc[key] = row if seen is None else [a + b for a, b in zip(seen, row, strict=True)]
+    return [(t, *labels[c], *row) for (t, c), row in sorted(acc.items()) if any(row)]
+
+
 @dataclass(slots=True)
 class Increments:
     """Signed sums per 15-minute slot and full rollup key (keys[code] = KEY_COLUMNS values)."""
@@ -158,8 +174,11 @@ class Increments:
 
     def full_key(self, period_ms: int) -> list[Record]:
         """(period start, *KEY_COLUMNS, *SUM_COLUMNS) rows for usage_hourly / usage_daily."""
-        times, codes, sums = _group(self.slots - self.slots % period_ms, self.codes, self.sums)
-        return _records(times, self.keys, codes, sums)
+        times = self.slots - self.slots % period_ms
+        if len(self.codes) <= SMALL:
+            return _fold_small(times.tolist(), self.keys, self.codes.tolist(), self.sums.tolist())
+        t, codes, sums = _group(times, self.codes, self.sums)
+        return _records(t, self.keys, codes, sums)
 
     def per_dimension(self) -> dict[str, list[Record]]:
         """(time, dim, value, *SUM_COLUMNS) rows per table: slot, hour, day and month."""
@@ -172,16 +191,26 @@ class Increments:
         month_of = {d: month_start_ms(d) for d in set(days.tolist())}
         periods["month_ms"] = np.array([month_of[d] for d in days.tolist()], dtype=np.int64)
         out: dict[str, list[Record]] = {name: [] for name in periods}
+        small = len(self.codes) <= SMALL
+        if small:
+            codes = self.codes.tolist()
+            sums = self.sums.tolist()
+            period_times = {name: times.tolist() for name, times in periods.items()}
         for dim in (ALL, *DIMS):
             if dim == ALL:
                 labels: list[Record] = [(ALL, "")]
-                value_codes = np.zeros(len(self.codes), dtype=np.int64)
+                per_key = [0] * len(self.keys)
             else:
                 pos = _DIM_INDEX[dim]
                 index: dict[str, int] = {}
                 per_key = [index.setdefault(str(key[pos]), len(index)) for key in self.keys]
                 labels = [(dim, value) for value in index]
-                value_codes = np.array(per_key, dtype=np.int64)[self.codes]
+            if small:
+                value_list = [per_key[c] for c in codes]
+                for name, times_list in period_times.items():
+                    out[name].extend(_fold_small(times_list, labels, value_list, sums))
+                continue
+            value_codes = np.array(per_key, dtype=np.int64)[self.codes]
             for name, times in periods.items():
                 t, c, s = _group(times, value_codes, self.sums)
                 out[name].extend(_records(t, labels, c, s))
