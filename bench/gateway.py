@@ -163,6 +163,7 @@ def serve_relay(port: int, client: str, data_dir: str, workers: int = 1) -> None
 
     from relaymeter.app import create_app
     from relaymeter.config import load_settings
+    from relaymeter.http_protocol import http_protocol
 
     settings = load_settings(
         Path(data_dir) / "none.toml",
@@ -184,7 +185,7 @@ def serve_relay(port: int, client: str, data_dir: str, workers: int = 1) -> None
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(),  # as `relaymeter serve` runs it
         log_level="warning",
         access_log=False,
     )

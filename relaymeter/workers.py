@@ -43,6 +43,7 @@ def _worker(settings: Settings, index: int, table_path: str | None) -> None:
 
     from relaymeter.app import create_app
     from relaymeter.gateway import shared_counters
+    from relaymeter.http_protocol import http_protocol
     from relaymeter.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
@@ -56,6 +57,7 @@ def _worker(settings: Settings, index: int, table_path: str | None) -> None:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=30,
+        http=http_protocol(),
     )
     uvicorn.Server(config).run(sockets=[sock])
 

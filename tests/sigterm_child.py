@@ -8,6 +8,7 @@ import uvicorn
 
 from relaymeter.app import create_app
 from relaymeter.config import load_settings
+from relaymeter.http_protocol import http_protocol
 from relaymeter.services import Service
 from relaymeter.state import AppState
 from tests.test_store_summary import make_events
@@ -44,7 +45,7 @@ def main() -> None:
         f"{data_dir}/none.toml", data_dir=data_dir, admin_password="x", writer_batch_size=500
     )
     assert isinstance(_Flood, type) and Service is not None
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", http=http_protocol())
 
 
 if __name__ == "__main__":

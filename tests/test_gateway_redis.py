@@ -14,6 +14,7 @@ import pytest
 from relaymeter.config import Settings
 from relaymeter.domain.limits import KeyLimits
 from relaymeter.gateway.counters import RedisCounters
+from relaymeter.http_protocol import http_protocol
 from relaymeter.state import AppState
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.gateway_env import ADMIN_TOKEN
@@ -57,8 +58,8 @@ async def two_instances(
     try:
         async with (
             serve_asgi(upstream) as upstream_url,
-            serve_asgi(apps[0], lifespan="on") as url_a,
-            serve_asgi(apps[1], lifespan="on") as url_b,
+            serve_asgi(apps[0], lifespan="on", http=http_protocol()) as url_a,
+            serve_asgi(apps[1], lifespan="on", http=http_protocol()) as url_b,
         ):
             upstream.base_url = upstream_url  # type: ignore[attr-defined]
             yield upstream, [url_a, url_b], [apps[0].state.rm, apps[1].state.rm]

@@ -31,6 +31,7 @@ def serve(
     import uvicorn
 
     from relaymeter.app import create_app
+    from relaymeter.http_protocol import http_protocol
     from relaymeter.logs import setup_logging
 
     cfg = common.settings(host=host, port=port)
@@ -63,6 +64,7 @@ def serve(
         log_level=cfg.log_level,
         access_log=False,
         timeout_graceful_shutdown=30,
+        http=http_protocol(),
     )
 
 

@@ -519,7 +519,7 @@ class RelayStream(Response):
         ctx = self.ctx
         tracker = self.tracker
         it = self.it
-        main = asyncio.current_task()
+        main: asyncio.Task[Any] | None = None  # this task, once a disconnect watcher runs
         # Clients that tell whether the next chunk is already here (the raw client) let a stream
         # that arrived whole go out in one body message, with no disconnect watcher at all.
         ready = it if hasattr(it, "buffered") else None
@@ -560,6 +560,7 @@ class RelayStream(Response):
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                 if watcher is None:
+                    main = asyncio.current_task()
                     watcher = asyncio.create_task(watch())
                 try:
                     chunk = await it.__anext__()

@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import select
 
 from relaymeter.config import Settings
+from relaymeter.http_protocol import http_protocol
 from relaymeter.state import AppState
 from relaymeter.store.schema import usage_events
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -76,7 +77,7 @@ async def gateway_env(settings: Settings) -> AsyncIterator[GatewayEnv]:
     async with (
         serve_asgi(anthropic) as anthropic_url,
         serve_asgi(openai) as openai_url,
-        serve_asgi(app, lifespan="on") as url,
+        serve_asgi(app, lifespan="on", http=http_protocol()) as url,
         httpx.AsyncClient(
             base_url=url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
         ) as admin,

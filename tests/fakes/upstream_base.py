@@ -175,8 +175,11 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: Any, *, lifespan: str = "off", port: int | None = None) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 inside the running loop; yields its base URL."""
+async def serve_asgi(
+    app: Any, *, lifespan: str = "off", port: int | None = None, http: Any = "auto"
+) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 inside the running loop; yields its base URL.
+    relaymeter's own apps pass ``http=http_protocol()``, the protocol `relaymeter serve` runs."""
     import uvicorn
 
     port = port or free_port()
@@ -188,6 +191,7 @@ async def serve_asgi(app: Any, *, lifespan: str = "off", port: int | None = None
         lifespan=lifespan,  # type: ignore[arg-type]
         access_log=False,
         timeout_graceful_shutdown=2,
+        http=http,
     )
     server = uvicorn.Server(config)
     # _serve: like serve() without taking over the process's signal handlers.
