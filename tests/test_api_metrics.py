@@ -3,6 +3,8 @@ and the optional bearer token."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 import httpx
@@ -80,3 +82,21 @@ async def test_metrics_token(make_settings: Callable[..., Settings]) -> None:
         assert (await scrape(client, Authorization="Bearer wrong")).status_code == 401
         ok = await scrape(client, Authorization="Bearer scrape-me")
         assert ok.status_code == 200 and "relaymeter_writer_queue_depth" in ok.text
+
+
+async def test_event_loop_lag_shows_a_blocked_loop(make_settings: Callable[..., Settings]) -> None:
+    async with running_app(make_settings()) as (_app, client):
+        await asyncio.sleep(0.35)  # a few idle measurements
+        idle = samples((await scrape(client)).text)
+        assert total(idle, "relaymeter_event_loop_lag_seconds_count") >= 2
+        time.sleep(0.3)  # noqa: ASYNC251 - on purpose: something blocks the loop
+        await asyncio.sleep(0.25)
+        after = samples((await scrape(client)).text)
+        assert total(after, "relaymeter_event_loop_lag_max_seconds") >= 0.15
+        slow = total(after, "relaymeter_event_loop_lag_seconds_count") - total(
+            after, "relaymeter_event_loop_lag_seconds_bucket", le="0.1"
+        )
+        assert slow >= 1, "the blocked stretch counts above 100 ms"
+        assert total(after, "relaymeter_event_loop_lag_seconds_sum") > total(
+            idle, "relaymeter_event_loop_lag_seconds_sum"
+        )

@@ -8,6 +8,7 @@ scrape time (no metric objects or locks on the write path). Other features regis
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -25,6 +26,7 @@ from starlette.responses import Response
 
 from relaymeter import __version__
 from relaymeter.api.errors import ApiError
+from relaymeter.api.loop_lag import LoopLag
 from relaymeter.domain.events import UsageEvent
 from relaymeter.domain.latency import LATENCY_BOUNDS_MS, LATENCY_BUCKET_COUNT, bucket_index
 from relaymeter.state import AppState, get_state
@@ -142,10 +144,13 @@ class _WriterCollector(Collector):
 
     def __init__(self) -> None:
         self.state: AppState | None = None
+        self.loop_lag: LoopLag | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield _info()
         yield from TOTALS.collect()
+        if self.loop_lag is not None:
+            yield from self.loop_lag.collect()
         state = self.state
         if state is None:
             return
@@ -196,22 +201,33 @@ with contextlib.suppress(ValueError):  # re-import in the same process (tests)
 
 
 class MetricsService:
-    """Feeds the usage metrics: counts each batch of newly stored events as the writer commits it."""
+    """Feeds the usage metrics: counts each batch of newly stored events as the writer commits it;
+    measures the event loop's lag."""
 
     name = "metrics"
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self.loop_lag = LoopLag()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.state.writer.listeners.append(TOTALS.add)
         _collector.state = self.state
+        _collector.loop_lag = self.loop_lag
+        self._task = asyncio.create_task(self.loop_lag.run(), name="event-loop-lag")
 
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         with contextlib.suppress(ValueError):
             self.state.writer.listeners.remove(TOTALS.add)
         if _collector.state is self.state:
             _collector.state = None
+            _collector.loop_lag = None
 
 
 def metrics_service(state: AppState) -> MetricsService:
