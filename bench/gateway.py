@@ -360,6 +360,23 @@ def _cpu(res: dict[str, Any]) -> str:
     return f"  cpu {value:5.3f} ms/req" if value is not None else ""
 
 
+def loop_lag_max_ms(relay_url: str) -> float | None:
+    """relaymeter's largest event-loop lag since the previous scrape (of the process that answers).
+
+    Tens of ms mean the serving process was short of CPU during the scenario (a busy or
+    throttled machine shows up here at an unchanged CPU cost per request)."""
+    import httpx
+
+    try:
+        text = httpx.get(relay_url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("relaymeter_event_loop_lag_max_seconds "):
+            return round(float(line.split()[1]) * 1000, 1)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -454,10 +471,14 @@ def main() -> None:
                 relay_url = f"http://127.0.0.1:{relay_port}"
                 load(relay_url, key, request_body("instant", False), 4, 1, 1, tmp)  # warm up pools
                 for name, model, stream, conns, threads in scenarios:
+                    loop_lag_max_ms(relay_url)  # resets the maximum
                     res = load(relay_url, key, request_body(model, stream), conns, threads, d, tmp, relay.pid)
+                    res["loop_lag_max_ms"] = loop_lag_max_ms(relay_url)
                     results["scenarios"][name][label] = res
                     direct = results["scenarios"][name]["direct"]
                     extra = f"added p50 {res['p50_ms'] - direct['p50_ms']:+.2f} ms  throughput {res['rps'] / direct['rps']:6.1%} of direct"
+                    if res["loop_lag_max_ms"] is not None:
+                        extra += f"  loop lag max {res['loop_lag_max_ms']:.0f} ms"
                     errors = f"  non-2xx {res['non2xx']}" if res["non2xx"] else ""
                     print(
                         f"  {label:<10} {name:<22} {res['rps']:>9.0f} req/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms{_cpu(res)}  {extra}{errors}",
