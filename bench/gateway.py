@@ -2,8 +2,9 @@
 
 Starts (all on 127.0.0.1) a fast fake Anthropic upstream twice (instant, and with a response
 delay), relaymeter in front of both (one run per upstream HTTP client: raw, aiohttp, httpx, and
-per process count: one process, and `relaymeter serve --workers 2`), and drives them with wrk (C, with a Lua script for the POST body; falls back to a small aiohttp
-load generator when wrk is missing). Reports requests/s, p50 / p99 latency and the CPU time
+per process count: one process, and `relaymeter serve --workers 2`), and drives them with wrk
+(C, with a Lua script for the POST body; falls back to a small aiohttp load generator when wrk
+is missing). Reports requests/s, p50 / p99 latency and the CPU time
 of the serving process per request (Linux /proc) per scenario, and the latency relaymeter adds.
 
     python bench/gateway.py                 # 5 s per scenario

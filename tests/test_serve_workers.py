@@ -16,7 +16,7 @@ import httpx
 
 from relaymeter.domain.limits import AccountCaps, KeyLimits
 from relaymeter.gateway.scheduler import MESSAGES, Account, AccountPool
-from relaymeter.gateway.sessions import SharedSessions, session_hash
+from relaymeter.gateway.sessions import session_hash
 from relaymeter.gateway.shared_counters import SharedCounters, SharedTable
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.upstream_base import free_port, serve_asgi
@@ -90,7 +90,7 @@ def _worker_pool(path: Path, clock: list[int]) -> AccountPool:
     """One worker's scheduler: its own mapping of the table, its own accounts and load."""
     table = SharedTable(path)
     pool = AccountPool(sticky_ttl_ms=60_000, clock=lambda: clock[0])
-    pool.sessions = SharedSessions(table.q, table.session_base, table.sessions)
+    pool.sessions = table.session_bindings()
     pool.replace(Account(id=i, name=f"a{i}", provider="anthropic", kind="api_key") for i in (1, 2, 3))
     return pool
 
@@ -120,8 +120,8 @@ def test_a_session_sticks_to_one_account_across_workers(tmp_path: Path) -> None:
 
 def test_shared_session_slots_are_replaced_not_misread(tmp_path: Path) -> None:
     table = SharedTable(tmp_path / "counters.bin", create=True, workers=1, keys=8, accounts=8, sessions=1)
-    one = SharedSessions(table.q, table.session_base, table.sessions)
-    other = SharedSessions(SharedTable(table.path).q, table.session_base, table.sessions)
+    one = table.session_bindings()
+    other = SharedTable(table.path).session_bindings()
     one.bind("s1", 7, NOW + 1_000)
     assert other.get("s1", NOW) == 7
     # One slot: a second session takes it over; the first reads as unbound, not as account 9.

@@ -25,7 +25,6 @@ from relaymeter.gateway import metrics, shared_counters
 from relaymeter.gateway.counters import Counters, RedisCounters
 from relaymeter.gateway.oauth import TokenRefresher
 from relaymeter.gateway.scheduler import Account, AccountPool, _match
-from relaymeter.gateway.sessions import SharedSessions
 from relaymeter.gateway.upstream import UpstreamClient, make_client
 from relaymeter.state import AppState
 from relaymeter.store import accounts as account_store
@@ -145,7 +144,7 @@ class GatewayService:
         elif shared_counters.active() is not None:
             table, worker = shared_counters.active()  # type: ignore[misc]
             self.counters = shared_counters.SharedCounters(table, worker, self.tz, settings.week_start)
-            self.pool.sessions = SharedSessions(table.q, table.session_base, table.sessions)
+            self.pool.sessions = table.session_bindings()
         else:
             self.counters = Counters(self.tz, settings.week_start)
         self.pool.cap_check = lambda acc, now: self.counters.account_cap_reason(acc.caps, now)

@@ -38,9 +38,6 @@ class LocalSessions:
         while len(self.bound) > self.limit:
             self.bound.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self.bound)
-
 
 def session_hash(session: str) -> int:
     """A stable, non-zero 63-bit hash (the same in every process, unlike ``hash()``)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from relaymeter.domain.limits import PERIODS, AccountCaps, Denial, KeyLimits
 from relaymeter.gateway.counters import AccountState, Counters, KeyState, _release_local
+from relaymeter.gateway.sessions import SharedSessions
 
 MAGIC = 0x524D_4757_0002  # "RMGW" v2 (v2 added the session bindings)
 _HEADER = 8
@@ -83,6 +84,10 @@ class SharedTable:
         self.q.release()
         self.mm.close()
         os.close(self.fd)
+
+    def session_bindings(self) -> SharedSessions:
+        """The sticky-session region of this mapping (lock-free; see gateway.sessions)."""
+        return SharedSessions(self.q, self.session_base, self.sessions)
 
     def lock(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_EX)

@@ -37,6 +37,8 @@ class Usage:
 
 
 def _int(value: Any) -> int:
+    if type(value) is int:  # the usual count (bool, a subclass, is not one)
+        return value if value > 0 else 0
     if isinstance(value, bool) or value is None:
         return 0
     if isinstance(value, int):
@@ -50,32 +52,19 @@ def apply_anthropic(usage: Usage, u: dict[str, Any]) -> None:
     """Anthropic usage: buckets are already separate. Values are cumulative, so keep the largest."""
     usage.seen = True
     usage.raw = u if usage.raw is None else {**usage.raw, **u}
-    # Counts are almost always plain non-negative ints: take those without calling _int.
-    v = u.get("input_tokens")
-    n = v if type(v) is int and v > 0 else _int(v)
-    if n > usage.input:
-        usage.input = n
-    v = u.get("cache_read_input_tokens")
-    n = v if type(v) is int and v > 0 else _int(v)
-    if n > usage.cache_read:
-        usage.cache_read = n
-    v = u.get("cache_creation_input_tokens")
-    creation = v if type(v) is int and v > 0 else _int(v)
+    usage.input = max(usage.input, _int(u.get("input_tokens")))
+    usage.cache_read = max(usage.cache_read, _int(u.get("cache_read_input_tokens")))
+    creation = _int(u.get("cache_creation_input_tokens"))
     detail = u.get("cache_creation")
     one_hour = 0
     if isinstance(detail, dict):
         one_hour = _int(detail.get("ephemeral_1h_input_tokens"))
         creation = max(creation, one_hour + _int(detail.get("ephemeral_5m_input_tokens")))
-    if creation > usage.cache_creation:
-        usage.cache_creation = creation
-    if one_hour or usage.cache_creation_1h:
-        usage.cache_creation_1h = min(max(usage.cache_creation_1h, one_hour), usage.cache_creation)
-    v = u.get("output_tokens")
-    n = v if type(v) is int and v > 0 else _int(v)
-    if n > usage.output:
-        usage.output = n
+    usage.cache_creation = max(usage.cache_creation, creation)
+    usage.cache_creation_1h = min(max(usage.cache_creation_1h, one_hour), usage.cache_creation)
+    usage.output = max(usage.output, _int(u.get("output_tokens")))
     tier = u.get("service_tier")
-    if tier and isinstance(tier, str):
+    if isinstance(tier, str) and tier:
         usage.service_tier = tier
 
 
